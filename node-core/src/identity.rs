@@ -1,0 +1,1 @@
+//! Identities (zt-vl1.md section 1).

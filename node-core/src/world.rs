@@ -1,0 +1,1 @@
+//! Worlds: planets and moons (zt-vl1.md section 8).
