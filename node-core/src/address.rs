@@ -63,7 +63,9 @@ impl FromStr for Address {
         if s.len() != 10 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(AddressParseError);
         }
-        u64::from_str_radix(s, 16).map(Self).map_err(|_| AddressParseError)
+        u64::from_str_radix(s, 16)
+            .map(Self)
+            .map_err(|_| AddressParseError)
     }
 }
 
