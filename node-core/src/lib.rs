@@ -17,10 +17,13 @@
 pub mod address;
 pub mod crypto;
 pub mod identity;
+pub mod node;
+pub mod sim;
 pub mod time;
 pub mod wire;
 pub mod world;
 
 pub use address::Address;
+pub use identity::Identity;
 
 pub use time::{Millis, Timestamp};
