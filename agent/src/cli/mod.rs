@@ -1,0 +1,6 @@
+//! The command-line personalities: zerotier-idtool (`idtool`), world making (`mkworld`) and
+//! zerotier-cli's queries (`info`, `listpeers`, `peers`, plus `echo`).
+
+pub mod idtool;
+pub mod mkworld;
+pub mod query;
