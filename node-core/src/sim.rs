@@ -110,6 +110,8 @@ pub struct Sim {
     by_addr: HashMap<SocketAddr, HostId>,
     nats: Vec<Nat>,
     nat_by_ip: HashMap<IpAddr, usize>,
+    /// Inner (private) address of each NATed host.
+    nat_inner: HashMap<SocketAddr, HostId>,
     /// (delivery time, sequence) -> datagram; the sequence keeps equal times in send order.
     queue: BinaryHeap<Reverse<(Timestamp, u64)>>,
     in_flight: HashMap<u64, InFlight>,
@@ -117,6 +119,8 @@ pub struct Sim {
     timers: BinaryHeap<Reverse<(Timestamp, HostId)>>,
     seq: u64,
     validate_identities: bool,
+    /// Every delivered datagram, when capturing: (time, from, to, bytes).
+    captured: Option<Vec<(Timestamp, SocketAddr, SocketAddr, Vec<u8>)>>,
     pub stats: SimStats,
 }
 
@@ -172,15 +176,17 @@ impl Sim {
             by_addr: HashMap::new(),
             nats: Vec::new(),
             nat_by_ip: HashMap::new(),
+            nat_inner: HashMap::new(),
             queue: BinaryHeap::new(),
             in_flight: HashMap::new(),
             timers: BinaryHeap::new(),
             seq: 0,
             validate_identities: true,
+            captured: None,
             stats: SimStats::default(),
         };
         for (i, identity) in roots.into_iter().enumerate() {
-            sim.add_host_at(identity, root_address(i), None);
+            sim.add_host_at(identity, root_address(i), None, |_| {});
         }
         sim
     }
@@ -216,8 +222,28 @@ impl Sim {
 
     /// Adds a node at the next free [`host_address`], optionally behind its own NAT.
     pub fn add_node(&mut self, identity: Identity, nat: Option<NatKind>) -> HostId {
+        self.add_node_with(identity, nat, |_| {})
+    }
+
+    /// Like [`Sim::add_node`], letting `configure` adjust the node's configuration first.
+    pub fn add_node_with(
+        &mut self,
+        identity: Identity,
+        nat: Option<NatKind>,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> HostId {
         let local = host_address(self.hosts.len());
-        self.add_host_at(identity, local, nat)
+        self.add_host_at(identity, local, nat, configure)
+    }
+
+    /// Starts (or stops) recording every delivered datagram.
+    pub fn capture(&mut self, on: bool) {
+        self.captured = on.then(Vec::new);
+    }
+
+    /// The datagrams delivered while capturing: (time, from, to, bytes).
+    pub fn captured(&self) -> &[(Timestamp, SocketAddr, SocketAddr, Vec<u8>)] {
+        self.captured.as_deref().unwrap_or(&[])
     }
 
     fn add_host_at(
@@ -225,11 +251,13 @@ impl Sim {
         identity: Identity,
         local: SocketAddr,
         nat: Option<NatKind>,
+        configure: impl FnOnce(&mut NodeConfig),
     ) -> HostId {
         let id = self.hosts.len();
         let mut config = NodeConfig::new(identity, self.planet.clone());
         config.rng_seed = self.rng.next_u64();
         config.validate_identities = self.validate_identities;
+        configure(&mut config);
         let node = Node::new(config, self.now);
         let nat = nat.map(|kind| {
             let n = self.nats.len();
@@ -247,6 +275,8 @@ impl Sim {
         });
         if nat.is_none() {
             self.by_addr.insert(local, id);
+        } else {
+            self.nat_inner.insert(local, id);
         }
         self.hosts.push(Host {
             node,
@@ -411,7 +441,7 @@ impl Sim {
                     NatKind::Symmetric => *dest == Some(d.from),
                 };
                 if allowed {
-                    self.hosts.iter().position(|h| h.local == *inner)
+                    self.nat_inner.get(inner).copied()
                 } else {
                     None
                 }
@@ -424,6 +454,9 @@ impl Sim {
             return;
         };
         self.stats.delivered += 1;
+        if let Some(log) = &mut self.captured {
+            log.push((self.now, d.from, d.to, d.data.clone()));
+        }
         let now = self.now;
         self.hosts[id].node.handle_datagram(now, d.from, &d.data);
         self.after_input(id);

@@ -90,6 +90,46 @@ pub struct NodeConfig {
     pub validate_identities: bool,
     /// Largest UDP payload sent before fragmenting (ZT_DEFAULT_PHYSMTU).
     pub physical_mtu: usize,
+    /// Physical networks where packets travel without crypto (cipher 2), each with the ID
+    /// both ends must have configured (`local.conf` `physical` → `trustedPathId`).
+    pub trusted_paths: Vec<TrustedPath>,
+}
+
+/// A physical network prefix on which packets are sent and accepted without encryption or
+/// authentication, when both ends configured the same ID (zt-vl1.md 4.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustedPath {
+    pub network: std::net::IpAddr,
+    pub prefix_len: u8,
+    pub id: u64,
+}
+
+impl TrustedPath {
+    /// Whether `addr` lies inside this prefix.
+    pub fn contains(&self, addr: &std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.network, addr) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(net) & mask == u32::from(*a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(net) & mask == u128::from(*a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -101,6 +141,7 @@ impl NodeConfig {
             rng_seed: 0,
             validate_identities: true,
             physical_mtu: packet::DEFAULT_PHYSICAL_MTU,
+            trusted_paths: Vec::new(),
         }
     }
 }
@@ -224,6 +265,7 @@ pub struct Node {
     address: Address,
     physical_mtu: usize,
     validate_identities: bool,
+    trusted_paths: Vec<TrustedPath>,
     planet: World,
     moons: Vec<World>,
     /// Root addresses of the planet and moons, sorted, without ourselves.
@@ -260,6 +302,7 @@ impl Node {
                 .physical_mtu
                 .clamp(packet::MIN_PHYSICAL_MTU, packet::MAX_PHYSICAL_MTU),
             validate_identities: config.validate_identities,
+            trusted_paths: config.trusted_paths,
             planet: config.planet,
             moons: config.moons,
             upstreams: Vec::new(),
@@ -659,8 +702,17 @@ impl Node {
             }
             return;
         }
-        let peer = &self.peers[&source];
-        if armor::dearmor(&mut packet, &peer.key).is_err() {
+        if cipher == CipherSuite::TrustedPath.number() {
+            // No crypto: accepted only from a configured prefix carrying its ID.
+            let id = view.trusted_path_id();
+            if !self
+                .trusted_paths
+                .iter()
+                .any(|t| t.id == id && t.contains(&from.ip()))
+            {
+                return;
+            }
+        } else if armor::dearmor(&mut packet, &self.peers[&source].key).is_err() {
             return;
         }
         if Packet::new_checked(&packet[..]).is_ok_and(|p| p.is_compressed()) {
@@ -1555,8 +1607,10 @@ impl Node {
             }
         }
         let peer = &self.peers[&dest];
-        let suite = peer.cipher();
-        armor::armor(&mut buf, &peer.key, suite);
+        match self.trusted_paths.iter().find(|t| t.contains(&target.ip())) {
+            Some(trusted) => armor::armor_trusted(&mut buf, trusted.id),
+            None => armor::armor(&mut buf, &peer.key, peer.cipher()),
+        }
         let on_wire_id = u64::from_be_bytes([
             buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
         ]);
