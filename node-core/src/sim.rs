@@ -89,6 +89,15 @@ struct InFlight {
     data: Vec<u8>,
 }
 
+/// A datagram delivered while capturing.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub at: Timestamp,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
 /// Counters over a whole run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimStats {
@@ -119,8 +128,8 @@ pub struct Sim {
     timers: BinaryHeap<Reverse<(Timestamp, HostId)>>,
     seq: u64,
     validate_identities: bool,
-    /// Every delivered datagram, when capturing: (time, from, to, bytes).
-    captured: Option<Vec<(Timestamp, SocketAddr, SocketAddr, Vec<u8>)>>,
+    /// Every delivered datagram, when capturing.
+    captured: Option<Vec<Captured>>,
     pub stats: SimStats,
 }
 
@@ -241,8 +250,8 @@ impl Sim {
         self.captured = on.then(Vec::new);
     }
 
-    /// The datagrams delivered while capturing: (time, from, to, bytes).
-    pub fn captured(&self) -> &[(Timestamp, SocketAddr, SocketAddr, Vec<u8>)] {
+    /// The datagrams delivered while capturing.
+    pub fn captured(&self) -> &[Captured] {
         self.captured.as_deref().unwrap_or(&[])
     }
 
@@ -455,7 +464,12 @@ impl Sim {
         };
         self.stats.delivered += 1;
         if let Some(log) = &mut self.captured {
-            log.push((self.now, d.from, d.to, d.data.clone()));
+            log.push(Captured {
+                at: self.now,
+                from: d.from,
+                to: d.to,
+                data: d.data.clone(),
+            });
         }
         let now = self.now;
         self.hosts[id].node.handle_datagram(now, d.from, &d.data);

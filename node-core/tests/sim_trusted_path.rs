@@ -27,9 +27,9 @@ fn trusted_packets_between(sim: &Sim, a: usize, b: usize) -> usize {
     let (la, lb) = (sim.host(a).local, sim.host(b).local);
     sim.captured()
         .iter()
-        .filter(|(_, from, to, _)| (*from == la && *to == lb) || (*from == lb && *to == la))
-        .filter(|(_, _, _, data)| !is_fragment(data))
-        .filter_map(|(_, _, _, data)| Packet::new_checked(&data[..]).ok().map(|p| p.cipher()))
+        .filter(|c| (c.from == la && c.to == lb) || (c.from == lb && c.to == la))
+        .filter(|c| !is_fragment(&c.data))
+        .filter_map(|c| Packet::new_checked(&c.data[..]).ok().map(|p| p.cipher()))
         .filter(|cipher| *cipher == CIPHER_TRUSTED_PATH)
         .count()
 }
