@@ -165,10 +165,13 @@ impl<T: Transport> Driver<T> {
             }
             Event::PeerLearned(identity) => {
                 tracing::debug!(address = %identity.address(), "peer identity learned");
-                if let Some(home) = &self.home {
-                    if let Err(e) = home.save_peer(&identity) {
-                        tracing::warn!("cannot cache a peer identity: {e}");
-                    }
+                // A cache write (with its fsync) must not hold up the packet loop.
+                if let Some(home) = self.home.clone() {
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = home.save_peer(&identity) {
+                            tracing::warn!("cannot cache a peer identity: {e}");
+                        }
+                    });
                 }
             }
             Event::EchoReply {

@@ -771,6 +771,21 @@ impl Node {
                 }
                 true
             }
+            Verb::NetworkConfigRequest => {
+                // Not a controller (yet): say so, as 1.14 does, so the requester stops waiting.
+                if payload.len() >= 8 {
+                    let mut body = Vec::with_capacity(18);
+                    ErrorRepr {
+                        in_re_verb: Verb::NetworkConfigRequest,
+                        in_re_packet_id: packet_id,
+                        code: ErrorCode::UnsupportedOperation,
+                        payload: payload[..8].to_vec(),
+                    }
+                    .emit(&mut body);
+                    self.send(now, source, Verb::Error, body, Route::Direct(from));
+                }
+                true
+            }
             // NOP, VL2 verbs (not in this layer yet) and unknown verbs that authenticated are
             // accepted and counted as received, as ZeroTier One does.
             _ => true,
@@ -1393,9 +1408,12 @@ impl Node {
 
     /// RENDEZVOUS to both peers, telling each the other's best address (`Peer::introduce`).
     fn unite(&mut self, now: Timestamp, a: Address, b: Address) {
+        // One gate per unordered pair, as 1.14 keys it: a request relayed one way and its
+        // answer relayed back must not introduce the pair twice.
+        let gate_key = (a.min(b), a.max(b));
         if self
             .unite_gate
-            .get(&(a, b))
+            .get(&gate_key)
             .is_some_and(|t| now.since(*t) < UNITE_INTERVAL)
         {
             return;
@@ -1422,7 +1440,7 @@ impl Node {
             }
         }
         let Some((addr_a, addr_b)) = pair else { return };
-        self.unite_gate.insert((a, b), now);
+        self.unite_gate.insert(gate_key, now);
         let mut to_a = Vec::new();
         RendezvousRepr::new(b, addr_b).emit(&mut to_a);
         let mut to_b = Vec::new();
