@@ -9,6 +9,9 @@
 //! - [`identity`]: addresses, identities, their text and binary forms, the memory-hard hash.
 //! - [`wire`]: typed views over packets and fragments, each verb's `Repr`, LZ4, reassembly.
 //! - [`world`]: planets and moons: parse, verify, update rules, make and sign.
+//! - [`vl2`]: virtual networks on the wire: network IDs, MACs, multicast groups, the
+//!   Dictionary and network config, credentials (COM, capability, tag, revocation, COO),
+//!   rules serialization and the VL2 verbs' `Repr`s.
 //! - [`node`]: one identity's peers, paths, roots, relaying, driven by `handle_*` calls and
 //!   answering through `poll_*` calls.
 //! - [`sim`]: a deterministic network simulator (virtual clock, seeded loss, delay, NAT).
@@ -20,6 +23,7 @@ pub mod identity;
 pub mod node;
 pub mod sim;
 pub mod time;
+pub mod vl2;
 pub mod wire;
 pub mod world;
 
