@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The VL1 demo: a private ZeroTier planet on one machine.
+#
+# Three network namespaces on a bridge (10.213.250.0/24, which exists only inside them): a
+# root node and two members, each a `zt-agent run`. The planet is made here with
+# `zt-agent mkworld`, with the root as its only root. The members come ONLINE through the
+# root, ECHO each other and end up as direct peers. Everything is removed at the end.
+#
+# Run as root (it creates network namespaces): ./scripts/demo.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "the demo creates network namespaces: run it as root" >&2
+    exit 1
+fi
+if ! command -v ip >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+fi
+
+echo "==> building zt-agent"
+cargo build -q -p zt-agent
+agent=$(pwd)/target/debug/zt-agent
+
+subnet=10.213.250
+port=9993
+prefix=ztdemo-$$
+names=(root member-a member-b)
+work=$(mktemp -d /tmp/ztdemo.XXXXXX)
+
+cleanup() {
+    set +e
+    for name in "${names[@]}" br; do
+        local netns=$prefix-$name
+        [ -e "/run/netns/$netns" ] || continue
+        # shellcheck disable=SC2046 # one pid per word
+        kill -KILL $(ip netns pids "$netns") 2>/dev/null
+        ip netns del "$netns"
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_ns() { # in_ns NAME COMMAND...: runs a command inside a demo host
+    local netns=$prefix-$1
+    shift
+    ip netns exec "$netns" "$@"
+}
+
+cli() { # cli NAME ARGS...: zt-agent's CLI against that host's agent
+    local name=$1
+    shift
+    in_ns "$name" "$agent" --home "$work/$name" "$@"
+}
+
+json_field() { # json_field FIELD: reads JSON on stdin, prints one top-level field
+    python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1]))' "$1"
+}
+
+echo "==> network: bridge + ${#names[@]} namespaces on $subnet.0/24"
+ip netns add "$prefix-br"
+ip -n "$prefix-br" link add br0 type bridge
+ip -n "$prefix-br" link set br0 up
+for i in "${!names[@]}"; do
+    name=${names[$i]}
+    netns=$prefix-$name
+    ip netns add "$netns"
+    ip -n "$netns" link set lo up
+    ip -n "$prefix-br" link add "port$i" type veth peer name eth0 netns "$netns"
+    ip -n "$prefix-br" link set "port$i" master br0 up
+    ip -n "$netns" addr add "$subnet.$((i + 1))/24" dev eth0
+    ip -n "$netns" link set eth0 up
+    echo "    $name: $subnet.$((i + 1))"
+done
+
+echo "==> identities"
+declare -A address
+for name in "${names[@]}"; do
+    mkdir -p "$work/$name"
+    "$agent" idtool generate "$work/$name/identity.secret" "$work/$name/identity.public" >/dev/null
+    address[$name]=$(cut -d: -f1 "$work/$name/identity.public")
+    echo "    $name: ${address[$name]}"
+done
+
+echo "==> planet with root ${address[root]} at $subnet.1/$port (zt-agent mkworld)"
+"$agent" mkworld init "$work/root/identity.public" >"$work/template.json"
+python3 - "$work/template.json" "$work/root/identity.public" "$subnet.1/$port" \
+    >"$work/planet.json" <<'EOF'
+import json, sys
+template, root_public, endpoint = sys.argv[1:4]
+world = json.load(open(template))
+world["worldType"] = "planet"
+world["roots"] = [{"identity": open(root_public).read().strip(), "stableEndpoints": [endpoint]}]
+json.dump(world, sys.stdout, indent=2)
+EOF
+"$agent" mkworld "$work/planet.json" -o "$work/planet"
+for name in "${names[@]}"; do
+    cp "$work/planet" "$work/$name/planet"
+done
+
+echo "==> starting zt-agent run in each namespace"
+for name in "${names[@]}"; do
+    in_ns "$name" "$agent" run --home "$work/$name" --port "$port" >"$work/$name.log" 2>&1 &
+done
+
+for name in "${names[@]}"; do
+    online=False
+    for _ in $(seq 120); do
+        online=$(cli "$name" info -j 2>/dev/null | json_field online 2>/dev/null || true)
+        [ "$online" = True ] && break
+        sleep 0.5
+    done
+    if [ "$online" != True ]; then
+        echo "$name did not come ONLINE; its log:" >&2
+        cat "$work/$name.log" >&2
+        exit 1
+    fi
+    echo "    $name (${address[$name]}) is ONLINE"
+done
+
+echo "==> ECHO between the members"
+for pair in "member-a member-b" "member-b member-a"; do
+    read -r from to <<<"$pair"
+    for attempt in $(seq 20); do
+        if reply=$(cli "$from" echo "${address[$to]}" 2>&1); then
+            echo "    $from -> $to: $reply"
+            break
+        fi
+        [ "$attempt" -eq 20 ] && { echo "    $from -> $to: no reply: $reply" >&2; exit 1; }
+        sleep 1
+    done
+done
+
+# Relayed traffic made the root send RENDEZVOUS; give the members a moment to go direct.
+sleep 3
+for name in "${names[@]}"; do
+    echo "==> zt-agent listpeers on $name"
+    cli "$name" listpeers
+done
+
+echo "==> done; removing the namespaces"

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, on a fresh machine as on a developer's:
+#   formatting, clippy, the whole workspace's tests (with the privileged end-to-end tests in
+#   network namespaces when run as root), and a short run of each fuzz target.
+# It installs what it needs by itself (Debian packages, cargo-fuzz) and exits non-zero when
+# any step fails.
+#
+# Environment:
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
+#   CI=true          privileged tests fail instead of skipping when they cannot run
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+fuzz_seconds=${FUZZ_SECONDS:-20}
+
+step() {
+    printf '\n==> %s\n' "$*"
+}
+
+elapsed() {
+    printf '    (%ss)\n' "$((SECONDS - step_start))"
+}
+
+# --- Debian packages: only what is missing, with one apt-get update -------------------------
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+# kill(1) itself, not the shell's builtin: the test harness runs it.
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v c++ >/dev/null 2>&1 || missing+=(g++) # libFuzzer is C++
+if ((${#missing[@]})); then
+    step "installing ${missing[*]}"
+    if [ "$(id -u)" -eq 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "not root: cannot install ${missing[*]}; tests that need them will skip" >&2
+    fi
+fi
+
+# --- Static checks ---------------------------------------------------------------------------
+step_start=$SECONDS
+step "cargo fmt --all -- --check (and the fuzz crate)"
+cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+elapsed
+
+step_start=$SECONDS
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+elapsed
+
+# --- Tests -----------------------------------------------------------------------------------
+# The end-to-end tests (crate zt-e2e, tests/) run target/debug/zt-agent, which `cargo test`
+# does not build for them. Building every target first builds it, and with the same features
+# `cargo test` uses, so the test step compiles nothing more.
+step_start=$SECONDS
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+elapsed
+
+step_start=$SECONDS
+step "cargo test --workspace"
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$test_log"
+test_status=${PIPESTATUS[0]}
+set -e
+elapsed
+
+# --- Fuzz smoke ------------------------------------------------------------------------------
+fuzz_status=0
+if [ "$fuzz_seconds" -gt 0 ]; then
+    step_start=$SECONDS
+    step "fuzz smoke: each target for ${fuzz_seconds}s"
+    if ! FUZZ_SECONDS=$fuzz_seconds "$repo/scripts/fuzz.sh" smoke; then
+        fuzz_status=1
+    fi
+    elapsed
+fi
+
+# --- Summary ---------------------------------------------------------------------------------
+echo
+echo "==> cargo test results"
+grep -E '^test result:' "$test_log" || true
+awk '
+    /^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i + 1) ~ /^passed/) passed += $i
+            if ($(i + 1) ~ /^failed/) failed += $i
+            if ($(i + 1) ~ /^ignored/) ignored += $i
+        }
+    }
+    END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }
+' "$test_log"
+
+if [ "$test_status" -ne 0 ]; then
+    echo "cargo test failed (exit $test_status)" >&2
+    exit 1
+fi
+if [ "$fuzz_status" -ne 0 ]; then
+    echo "fuzz smoke failed" >&2
+    exit 1
+fi
