@@ -493,7 +493,7 @@ fn replay_capture(lab: &Lab, capture: &[u8], name: &str) -> Replay {
     );
     assert_eq!(replay.skipped_records, [], "{name}: non-UDP records");
     assert_eq!(replay.foreign_datagrams, 0, "{name}: UDP off port 9993");
-    assert_eq!(replay.beacons, [], "{name}: LAN beacons");
+    assert_eq!(replay.beacons, Vec::<usize>::new(), "{name}: LAN beacons");
     assert_eq!(replay.incomplete, 0, "{name}: incomplete reassemblies");
     assert_eq!(
         replay.heads, replay.fragments,
@@ -916,7 +916,7 @@ fn rules_tcp() {
         2,
         "{name}: to earlier members"
     );
-    assert_eq!(replay.runts, [], "{name}: runts");
+    assert_eq!(replay.runts, Vec::<usize>::new(), "{name}: runts");
     assert_eq!(replay.heads, 0, "{name}: no fragmented packet");
 }
 
@@ -963,7 +963,7 @@ fn rules_v6() {
         4,
         "{name}: to earlier members"
     );
-    assert_eq!(replay.runts, [], "{name}: runts");
+    assert_eq!(replay.runts, Vec::<usize>::new(), "{name}: runts");
     assert!(
         replay.decoded.iter().any(|p| p.compressed),
         "{name}: no compressed packet"

@@ -9,8 +9,10 @@
 pub mod config;
 pub mod credentials;
 pub mod dictionary;
+pub mod filter;
 pub mod network;
 pub mod rules;
+pub mod rules_json;
 pub mod verbs;
 
 pub use config::{ConfigError, NetworkConfig, RequestMetadata};
