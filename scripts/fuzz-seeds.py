@@ -79,7 +79,8 @@ def main():
         sys.exit(__doc__)
     data_dir = Path(sys.argv[1])
     corpus_dir = Path(sys.argv[2])
-    seeds = {"packet": [], "fragment": [], "identity": [], "world": []}
+    seeds = {"packet": [], "fragment": [], "identity": [], "world": [],
+             "netconfig": [], "credentials": []}
 
     vectors = json.loads((data_dir / "zt-vl1-packet-vectors.json").read_text())
     # Keys are "<case>.<field>", values hex (or "1"/"0" for outcomes).
@@ -123,6 +124,28 @@ def main():
     seeds["packet"] += datagrams
     # Runs of consecutive datagrams: fragments of one packet travel together.
     seeds["fragment"] += [length_prefixed(datagrams[i : i + 4]) for i in range(0, len(datagrams), 4)]
+
+    # VL2: the config dictionary, and credentials/rules behind their selector byte (see
+    # fuzz_targets/credentials.rs: 0 COM, 1 capability, 2 tag, 3 revocation, 4 COO, 5 rules).
+    vl2 = json.loads((data_dir / "zt-vl2-vectors.json").read_text())["hex"]
+    for key, value in vl2.items():
+        raw = bytes.fromhex(value) if all(c in "0123456789abcdefABCDEF" for c in value) else None
+        if raw is None:
+            continue
+        if key.startswith("network config dictionary") or key.startswith("dictionary example"):
+            seeds["netconfig"].append(raw)
+        elif key.startswith("COM") and "serialized" in key:
+            seeds["credentials"].append(b"\x00" + raw)
+        elif key.startswith("Capability serialized"):
+            seeds["credentials"].append(b"\x01" + raw)
+        elif key.startswith("Tag serialized"):
+            seeds["credentials"].append(b"\x02" + raw)
+        elif key.startswith("Revocation serialized"):
+            seeds["credentials"].append(b"\x03" + raw)
+        elif key.startswith("COO serialized"):
+            seeds["credentials"].append(b"\x04" + raw)
+        elif key.startswith("rule["):
+            seeds["credentials"].append(b"\x05" + raw)
 
     for target, inputs in seeds.items():
         directory = corpus_dir / target
