@@ -459,13 +459,7 @@ impl Node {
 
     /// Sends an ECHO; the answer comes back as [`Event::EchoReply`].
     pub fn send_echo(&mut self, now: Timestamp, to: Address, payload: &[u8]) {
-        if let Some(id) = self.send(now, to, Verb::Echo, payload.to_vec(), Route::Best) {
-            if let Some(e) = self.expected_replies.get_mut(&id) {
-                e.report = true;
-            }
-        } else if let Some(q) = self.queued_tx.last_mut() {
-            q.report = true;
-        }
+        self.send_reporting(now, to, Verb::Echo, payload.to_vec(), Route::Best, true);
     }
 
     pub fn send_user_message(&mut self, now: Timestamp, to: Address, type_id: u64, data: &[u8]) {
@@ -737,7 +731,11 @@ impl Node {
         let handled_ok = match verb {
             Verb::Hello => {
                 // An encrypted HELLO from a known peer: process like a cipher-0 one.
-                self.handle_hello_authenticated(now, from, packet);
+                if let Ok((hello, tail)) = HelloRepr::parse(payload) {
+                    if hello.identity.address() == source {
+                        self.handle_hello_authenticated(now, from, packet, &hello, tail);
+                    }
+                }
                 return;
             }
             Verb::Ok => self.handle_ok(now, from, source, hops, payload),
@@ -848,7 +846,7 @@ impl Node {
             return;
         };
         let source = view.source();
-        let Ok((hello, _)) = HelloRepr::parse(view.payload()) else {
+        let Ok((hello, tail)) = HelloRepr::parse(view.payload()) else {
             return;
         };
         if hello.identity.address() != source {
@@ -887,28 +885,30 @@ impl Node {
             let identity = hello.identity.clone();
             self.peers
                 .insert(source, Peer::new(identity.clone(), key, now));
-            self.handle_hello_authenticated(now, from, &packet);
+            self.handle_hello_authenticated(now, from, &packet, &hello, tail);
             self.events.push_back(Event::PeerLearned(identity));
             self.release_waiting(now, source);
             return;
         }
-        self.handle_hello_authenticated(now, from, &packet);
+        self.handle_hello_authenticated(now, from, &packet, &hello, tail);
     }
 
-    /// A HELLO whose sender is known and whose MAC verified.
-    fn handle_hello_authenticated(&mut self, now: Timestamp, from: SocketAddr, packet: &[u8]) {
+    /// A HELLO whose sender is known and whose MAC verified, parsed by the caller (`tail`: the
+    /// payload offset of its encrypted moon list) and checked to come from its identity.
+    fn handle_hello_authenticated(
+        &mut self,
+        now: Timestamp,
+        from: SocketAddr,
+        packet: &[u8],
+        hello: &HelloRepr,
+        tail: Option<usize>,
+    ) {
         let Ok(view) = Packet::new_checked(packet) else {
             return;
         };
         let source = view.source();
         let hops = view.hops();
         let hello_id = view.packet_id();
-        let Ok((hello, tail)) = HelloRepr::parse(view.payload()) else {
-            return;
-        };
-        if hello.identity.address() != source {
-            return;
-        }
         // The moon list is encrypted with the unmangled key (zt-vl1.md 4.5).
         let mut moons_wanted = Vec::new();
         if let Some(tail) = tail {
@@ -1181,10 +1181,7 @@ impl Node {
             .partition(|q| q.to == address);
         self.queued_tx = rest;
         for q in queued {
-            let sent = self.send(now, q.to, q.verb, q.payload, Route::Best);
-            if let Some(e) = sent.and_then(|id| self.expected_replies.get_mut(&id)) {
-                e.report = q.report;
-            }
+            self.send_reporting(now, q.to, q.verb, q.payload, Route::Best, q.report);
         }
     }
 
@@ -1518,7 +1515,7 @@ impl Node {
         let key = &self.peers[&dest].key;
         armor::crypt_field(key, &mut buf, tail);
         armor::armor(&mut buf, key, CipherSuite::Poly1305);
-        self.expect_reply(u64::from_be_bytes(id), Verb::Hello, dest, now);
+        self.expect_reply(u64::from_be_bytes(id), Verb::Hello, dest, now, false);
         self.transmits.push_back(Transmit {
             to: target,
             data: buf,
@@ -1532,7 +1529,14 @@ impl Node {
         }
     }
 
-    fn expect_reply(&mut self, on_wire_id: u64, verb: Verb, to: Address, now: Timestamp) {
+    fn expect_reply(
+        &mut self,
+        on_wire_id: u64,
+        verb: Verb,
+        to: Address,
+        now: Timestamp,
+        report: bool,
+    ) {
         if self.expected_replies.len() >= MAX_EXPECTED_REPLIES {
             let cutoff = now - EXPECT_REPLY_TIMEOUT;
             self.expected_replies.retain(|_, e| e.sent > cutoff);
@@ -1546,23 +1550,29 @@ impl Node {
                 verb,
                 to,
                 sent: now,
-                report: false,
+                report,
             },
         );
     }
 
-    /// Builds, armors and queues a packet of `verb` with `payload` for `dest`. Returns the
-    /// on-wire packet ID when it went out (not when it waits for a WHOIS).
-    fn send(
+    /// Builds, armors and queues a packet of `verb` with `payload` for `dest`.
+    fn send(&mut self, now: Timestamp, dest: Address, verb: Verb, payload: Vec<u8>, route: Route) {
+        self.send_reporting(now, dest, verb, payload, route, false);
+    }
+
+    /// Like [`Node::send`]; `report` = the host asked for this request, so its answer becomes
+    /// an event. The flag travels with the packet while it waits for a WHOIS.
+    fn send_reporting(
         &mut self,
         now: Timestamp,
         dest: Address,
         verb: Verb,
         payload: Vec<u8>,
         route: Route,
-    ) -> Option<u64> {
+        report: bool,
+    ) {
         if dest == self.address {
-            return None;
+            return;
         }
         if !self.peers.contains_key(&dest) {
             if self.queued_tx.len() < MAX_QUEUED_TX {
@@ -1571,7 +1581,7 @@ impl Node {
                     verb,
                     payload,
                     queued: now,
-                    report: false,
+                    report,
                 });
             }
             if self
@@ -1581,7 +1591,7 @@ impl Node {
             {
                 self.send_whois(now, dest);
             }
-            return None;
+            return;
         }
         // Where it goes: a given address, the peer's best path, or relayed via an upstream.
         let (target, direct, fragmentable) = match route {
@@ -1600,10 +1610,10 @@ impl Node {
                                     verb,
                                     payload,
                                     queued: now,
-                                    report: false,
+                                    report,
                                 });
                             }
-                            return None;
+                            return;
                         }
                     },
                 }
@@ -1633,7 +1643,7 @@ impl Node {
             buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
         ]);
         if matches!(verb, Verb::Echo | Verb::Whois | Verb::Hello) {
-            self.expect_reply(on_wire_id, verb, dest, now);
+            self.expect_reply(on_wire_id, verb, dest, now, report);
         }
         // Application traffic (not keepalives or replies) makes a peer active: only active
         // peers get keepalives, as in ZeroTier One.
@@ -1665,7 +1675,6 @@ impl Node {
                 ttl: None,
             });
         }
-        Some(on_wire_id)
     }
 
     // ---------------------------------------------------------------------------------------
