@@ -61,6 +61,10 @@ pub enum NatKind {
 /// Index of a host in the simulation.
 pub type HostId = usize;
 
+/// Code a host runs on each of its node's events (e.g. a controller answering config
+/// requests, or a virtual port echoing frames), with the node and the current time.
+pub type Responder = Box<dyn FnMut(&mut Node, Timestamp, &Event)>;
+
 /// One simulated machine: a node, its address and what it reported.
 pub struct Host {
     pub node: Node,
@@ -69,6 +73,7 @@ pub struct Host {
     nat: Option<usize>,
     /// Events the node produced, in order.
     pub events: Vec<Event>,
+    responder: Option<Responder>,
 }
 
 struct Nat {
@@ -292,6 +297,7 @@ impl Sim {
             local,
             nat,
             events: Vec::new(),
+            responder: None,
         });
         self.after_input(id);
         id
@@ -367,13 +373,27 @@ impl Sim {
         done(self)
     }
 
-    /// Drains a host's transmits and events after any input.
+    /// Runs `responder` on every later event of this host.
+    pub fn set_responder(&mut self, id: HostId, responder: Responder) {
+        self.hosts[id].responder = Some(responder);
+    }
+
+    /// Drains a host's transmits and events after any input; a responder's reaction to an
+    /// event is drained too.
     fn after_input(&mut self, id: HostId) {
-        while let Some(t) = self.hosts[id].node.poll_transmit() {
-            self.send_from(id, t.to, t.data);
-        }
-        while let Some(e) = self.hosts[id].node.poll_event() {
-            self.hosts[id].events.push(e);
+        loop {
+            while let Some(t) = self.hosts[id].node.poll_transmit() {
+                self.send_from(id, t.to, t.data);
+            }
+            let Some(e) = self.hosts[id].node.poll_event() else {
+                break;
+            };
+            let now = self.now;
+            let host = &mut self.hosts[id];
+            if let Some(responder) = host.responder.as_mut() {
+                responder(&mut host.node, now, &e);
+            }
+            host.events.push(e);
         }
         let deadline = self.hosts[id].node.poll_timeout();
         self.timers.push(Reverse((deadline.max(self.now), id)));

@@ -11,6 +11,9 @@
 
 mod path;
 mod peer;
+mod vl2;
+
+pub use vl2::{ConfigAnswer, NetworkInfo, NetworkStatus};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +25,7 @@ use crate::address::Address;
 use crate::crypto::armor::{self, CipherSuite};
 use crate::identity::Identity;
 use crate::time::{Millis, Timestamp};
+use crate::vl2::{NetworkConfig, NetworkId};
 use crate::wire::compress;
 use crate::wire::error::ErrorRepr;
 use crate::wire::fragment::{self, Fragment};
@@ -180,6 +184,34 @@ pub enum Event {
     /// An upstream says another node owns our address with a different key. ZeroTier One
     /// treats this as fatal.
     IdentityCollision,
+    /// We are this network's controller and a member (perhaps we) asks for its config: the
+    /// host's controller decides and answers with [`Node::answer_config_request`].
+    NetworkConfigRequest {
+        network_id: NetworkId,
+        requester: Identity,
+        /// The request's metadata dictionary.
+        metadata: Vec<u8>,
+        /// The request's packet ID; 0 for our own request.
+        packet_id: u64,
+        /// The requester's physical address, when it came direct.
+        from: Option<SocketAddr>,
+    },
+    /// A new config for a joined network: the host applies addresses, routes and MTU and
+    /// persists `dictionary` as `networks.d/<nwid>.conf`.
+    NetworkConfigUpdated {
+        network_id: NetworkId,
+        config: Box<NetworkConfig>,
+        dictionary: Vec<u8>,
+    },
+    NetworkStatusChanged {
+        network_id: NetworkId,
+        status: NetworkStatus,
+    },
+    /// An Ethernet frame for the network's virtual port.
+    Frame {
+        network_id: NetworkId,
+        frame: Vec<u8>,
+    },
 }
 
 /// What `/status` reports.
@@ -285,6 +317,18 @@ pub struct Node {
     identity_gate: HashMap<u64, Timestamp>,
     last_upstream_receive: Option<Timestamp>,
     next_ping_check: Timestamp,
+    /// Joined networks (VL2).
+    networks: BTreeMap<NetworkId, vl2::Network>,
+    /// Who LIKEd which group: kept by members, roots and controllers alike.
+    multicast_directory:
+        HashMap<(NetworkId, crate::vl2::MulticastGroup), BTreeMap<Address, Timestamp>>,
+    /// As a controller: members we sent a config to, and when.
+    controller_authorized: HashMap<(NetworkId, Address), Timestamp>,
+    config_request_gate: HashMap<(NetworkId, Address), Timestamp>,
+    credentials_gate: HashMap<Address, Timestamp>,
+    /// Frames that failed the membership gate, retried when the sender's credentials come.
+    gate_parked: Vec<ParkedRx>,
+    retrying_gated: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -319,6 +363,13 @@ impl Node {
             identity_gate: HashMap::new(),
             last_upstream_receive: None,
             next_ping_check: now,
+            networks: BTreeMap::new(),
+            multicast_directory: HashMap::new(),
+            controller_authorized: HashMap::new(),
+            config_request_gate: HashMap::new(),
+            credentials_gate: HashMap::new(),
+            gate_parked: Vec::new(),
+            retrying_gated: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             identity: config.identity,
@@ -482,6 +533,7 @@ impl Node {
             self.ping_upstreams(now);
             self.ping_active_peers(now);
             self.housekeeping(now);
+            self.vl2_periodic(now);
         }
     }
 
@@ -740,7 +792,7 @@ impl Node {
             }
             Verb::Ok => self.handle_ok(now, from, source, hops, payload),
             Verb::Error => {
-                self.handle_error(source, payload);
+                self.handle_error(now, source, payload);
                 true
             }
             Verb::Whois => {
@@ -770,22 +822,39 @@ impl Node {
                 true
             }
             Verb::NetworkConfigRequest => {
-                // Not a controller (yet): say so, as 1.14 does, so the requester stops waiting.
-                if payload.len() >= 8 {
-                    let mut body = Vec::with_capacity(18);
-                    ErrorRepr {
-                        in_re_verb: Verb::NetworkConfigRequest,
-                        in_re_packet_id: packet_id,
-                        code: ErrorCode::UnsupportedOperation,
-                        payload: payload[..8].to_vec(),
-                    }
-                    .emit(&mut body);
-                    self.send(now, source, Verb::Error, body, Route::Direct(from));
-                }
+                self.handle_config_request(now, from, source, hops, packet_id, payload);
                 true
             }
-            // NOP, VL2 verbs (not in this layer yet) and unknown verbs that authenticated are
-            // accepted and counted as received, as ZeroTier One does.
+            Verb::NetworkConfig => {
+                self.handle_network_config(now, source, packet_id, payload);
+                true
+            }
+            Verb::NetworkCredentials => {
+                self.handle_network_credentials(now, source, payload);
+                true
+            }
+            Verb::Frame => {
+                self.handle_frame(now, from, source, packet_id, payload, packet);
+                true
+            }
+            Verb::ExtFrame => {
+                self.handle_ext_frame(now, from, source, packet_id, payload, packet);
+                true
+            }
+            Verb::MulticastFrame => {
+                self.handle_multicast_frame(now, from, source, packet_id, payload, packet);
+                true
+            }
+            Verb::MulticastLike => {
+                self.handle_multicast_like(now, source, payload);
+                true
+            }
+            Verb::MulticastGather => {
+                self.handle_multicast_gather(now, source, packet_id, payload);
+                true
+            }
+            // NOP and unknown verbs that authenticated are accepted and counted as received,
+            // as ZeroTier One does.
             _ => true,
         };
         if handled_ok {
@@ -1105,6 +1174,14 @@ impl Node {
                     });
                 }
             }
+            // A config may come in several chunks, members in several OKs: the entry stays
+            // until it ages out.
+            Verb::NetworkConfigRequest => {
+                self.handle_config_chunk(now, source, header.in_re_packet_id, body);
+            }
+            Verb::MulticastGather | Verb::MulticastFrame => {
+                self.handle_gathered(now, expected.verb, body);
+            }
             _ => {}
         }
         true
@@ -1185,13 +1262,15 @@ impl Node {
         }
     }
 
-    fn handle_error(&mut self, source: Address, payload: &[u8]) {
+    fn handle_error(&mut self, now: Timestamp, source: Address, payload: &[u8]) {
         let Ok(error) = ErrorRepr::parse(payload) else {
             return;
         };
         if error.code == ErrorCode::IdentityCollision && self.upstreams.contains(&source) {
             self.events.push_back(Event::IdentityCollision);
+            return;
         }
+        self.handle_vl2_error(now, source, &error);
     }
 
     fn handle_whois(
@@ -1624,7 +1703,20 @@ impl Node {
         let id = self.random_packet_id();
         packet::emit_header(&mut buf, id, dest, self.address, verb);
         buf.extend_from_slice(&payload);
-        if matches!(verb, Verb::UserMessage | Verb::PushDirectPaths) {
+        // What 1.14 compresses (frames are not, since 1.4.8); compression is kept only when
+        // it shrinks the packet.
+        let compressible = matches!(
+            verb,
+            Verb::UserMessage
+                | Verb::PushDirectPaths
+                | Verb::NetworkConfigRequest
+                | Verb::NetworkConfig
+                | Verb::NetworkCredentials
+                | Verb::MulticastLike
+                | Verb::MulticastGather
+                | Verb::MulticastFrame
+        ) || (verb == Verb::Ok && payload.len() > 256);
+        if compressible {
             let mut scratch = Vec::new();
             compress::compress_packet(&mut buf, &mut scratch);
         }
@@ -1642,12 +1734,29 @@ impl Node {
         let on_wire_id = u64::from_be_bytes([
             buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
         ]);
-        if matches!(verb, Verb::Echo | Verb::Whois | Verb::Hello) {
+        if matches!(
+            verb,
+            Verb::Echo
+                | Verb::Whois
+                | Verb::Hello
+                | Verb::NetworkConfigRequest
+                | Verb::MulticastGather
+                | Verb::MulticastFrame
+        ) {
             self.expect_reply(on_wire_id, verb, dest, now, report);
         }
         // Application traffic (not keepalives or replies) makes a peer active: only active
         // peers get keepalives, as in ZeroTier One.
-        if matches!(route, Route::Best) && matches!(verb, Verb::Echo | Verb::UserMessage) {
+        if matches!(route, Route::Best)
+            && matches!(
+                verb,
+                Verb::Echo
+                    | Verb::UserMessage
+                    | Verb::Frame
+                    | Verb::ExtFrame
+                    | Verb::MulticastFrame
+            )
+        {
             if let Some(peer) = self.peers.get_mut(&dest) {
                 peer.last_activity = Some(now);
             }

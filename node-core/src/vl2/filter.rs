@@ -744,6 +744,13 @@ pub struct FilterDecision {
     pub qos_bucket: Option<u8>,
 }
 
+impl Default for FilterDecision {
+    /// Drop, with nothing to send.
+    fn default() -> Self {
+        Self::DROP
+    }
+}
+
 impl FilterDecision {
     const DROP: Self = Self {
         deliver: false,
