@@ -190,6 +190,7 @@ impl<T: Transport> Driver<T> {
                 tracing::debug!(%from, type_id, len = data.len(), "user message ignored");
             }
             Event::IdentityCollision => return Err(DriverError::IdentityCollision),
+            other => tracing::debug!("VL2 event not handled yet: {other:?}"),
         }
         Ok(())
     }
