@@ -12,12 +12,16 @@
 //! - [`vl2`]: virtual networks on the wire: network IDs, MACs, multicast groups, the
 //!   Dictionary and network config, credentials (COM, capability, tag, revocation, COO),
 //!   rules serialization and the VL2 verbs' `Repr`s.
-//! - [`node`]: one identity's peers, paths, roots, relaying, driven by `handle_*` calls and
+//! - [`node`]: one identity's peers, paths, roots, relaying, and its joined networks (VL2:
+//!   configs, membership gate, frames, multicast, rules), driven by `handle_*` calls and
 //!   answering through `poll_*` calls.
+//! - [`controller`]: the network controller's decisions (records, authorization, IP
+//!   assignment, signed configs and credentials); storage and HTTP are the host's.
 //! - [`sim`]: a deterministic network simulator (virtual clock, seeded loss, delay, NAT).
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod controller;
 pub mod crypto;
 pub mod identity;
 pub mod node;
