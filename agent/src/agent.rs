@@ -14,8 +14,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
+use crate::controller::ControllerService;
 use crate::driver::{wall_clock, Driver, LocalInfo};
 use crate::home::{Home, PLANET};
+use crate::networks::NetworksDir;
+use crate::ports::{self, Ports};
 use crate::transport::UdpTransport;
 
 /// API requests queued for the driver before HTTP handlers wait.
@@ -116,7 +119,14 @@ impl Agent {
             port,
             home_dir: options.home.clone(),
         };
-        let driver = Driver::new(node, transport, Some(home), requests_rx, local);
+        let controller =
+            ControllerService::open(&options.home, node.identity().clone(), OsRng.next_u64())
+                .context("cannot open the controller's records (controller.d)")?;
+        let (frames_tx, frames_rx) = mpsc::channel(ports::FRAME_QUEUE);
+        let ports = Ports::new(Some(NetworksDir::new(&options.home)), frames_tx);
+        let driver = Driver::new(node, transport, Some(home), requests_rx, local)
+            .with_ports(ports, frames_rx)
+            .with_controller(controller);
         Ok(Self {
             driver,
             api_tasks,

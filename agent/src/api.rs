@@ -21,6 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use node_core::vl2::NetworkId;
 use node_core::Address;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -29,8 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long `POST /echo` waits for the reply.
 pub const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request body read (an ECHO payload).
-pub const MAX_BODY: usize = 4096;
+/// Largest request body read (a controller network with its rules, at most).
+pub const MAX_BODY: usize = 1 << 20;
+/// Largest ECHO payload.
+pub const MAX_ECHO_PAYLOAD: usize = 4096;
 /// The header ZeroTier One's CLI sends its token in.
 pub const AUTH_HEADER: &str = "x-zt1-auth";
 
@@ -53,6 +56,31 @@ pub enum ApiRequest {
         address: Address,
         payload: Vec<u8>,
         reply: oneshot::Sender<EchoReport>,
+    },
+    /// `GET /network`: every joined network's object.
+    Networks { reply: oneshot::Sender<Value> },
+    /// `GET /network/<nwid>`.
+    Network {
+        network_id: NetworkId,
+        reply: oneshot::Sender<Option<Value>>,
+    },
+    /// `POST /network/<nwid>`: join (if not yet) and apply the settings in `body`.
+    Join {
+        network_id: NetworkId,
+        body: Value,
+        reply: oneshot::Sender<Value>,
+    },
+    /// `DELETE /network/<nwid>`: true if it was joined.
+    Leave {
+        network_id: NetworkId,
+        reply: oneshot::Sender<bool>,
+    },
+    /// `/controller...` and `/unstable/controller...`: status and JSON body.
+    Controller {
+        method: String,
+        path: String,
+        body: Vec<u8>,
+        reply: oneshot::Sender<(u16, Value)>,
     },
 }
 
@@ -211,7 +239,74 @@ async fn route(
     body: Bytes,
 ) -> Response<Full<Bytes>> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    if crate::controller::ControllerService::handles_path(path) {
+        let request = |reply| ApiRequest::Controller {
+            method: method.as_str().to_string(),
+            path: path.to_string(),
+            body: body.to_vec(),
+            reply,
+        };
+        return match ask(state, request).await {
+            Some((status, value)) => respond(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                value,
+            ),
+            None => unavailable(),
+        };
+    }
     match (segments.as_slice(), method) {
+        (["network"], &Method::GET) => {
+            match ask(state, |reply| ApiRequest::Networks { reply }).await {
+                Some(list) => respond(StatusCode::OK, list),
+                None => unavailable(),
+            }
+        }
+        (["network", id], m) => {
+            let Some(network_id) = parse_network_id(id) else {
+                return error(StatusCode::BAD_REQUEST, format!("not a network ID: {id}"));
+            };
+            match *m {
+                Method::GET => {
+                    match ask(state, |reply| ApiRequest::Network { network_id, reply }).await {
+                        Some(Some(network)) => respond(StatusCode::OK, network),
+                        Some(None) => error(StatusCode::NOT_FOUND, format!("not joined: {id}")),
+                        None => unavailable(),
+                    }
+                }
+                Method::POST | Method::PUT => {
+                    let body: Value = if body.is_empty() {
+                        json!({})
+                    } else {
+                        match serde_json::from_slice(&body) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}"))
+                            }
+                        }
+                    };
+                    let request = |reply| ApiRequest::Join {
+                        network_id,
+                        body,
+                        reply,
+                    };
+                    match ask(state, request).await {
+                        Some(network) => respond(StatusCode::OK, network),
+                        None => unavailable(),
+                    }
+                }
+                Method::DELETE => {
+                    match ask(state, |reply| ApiRequest::Leave { network_id, reply }).await {
+                        Some(true) => respond(StatusCode::OK, json!({"result": true})),
+                        Some(false) => respond(StatusCode::OK, json!({})),
+                        None => unavailable(),
+                    }
+                }
+                _ => error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} not allowed on {path}"),
+                ),
+            }
+        }
         (["status"], &Method::GET) => {
             match ask(state, |reply| ApiRequest::Status { reply }).await {
                 Some(status) => respond(StatusCode::OK, to_json(&status)),
@@ -242,6 +337,12 @@ async fn route(
                     format!("not a ZeroTier address: {address}"),
                 );
             };
+            if body.len() > MAX_ECHO_PAYLOAD {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("ECHO payload over {MAX_ECHO_PAYLOAD} bytes"),
+                );
+            }
             echo(state, address, body.to_vec()).await
         }
         (["status"] | ["peer"] | ["peer", _] | ["echo", _], _) => error(
@@ -286,6 +387,13 @@ async fn ask<T>(
     let (reply, answer) = oneshot::channel();
     state.driver.send(make(reply)).await.ok()?;
     answer.await.ok()
+}
+
+fn parse_network_id(text: &str) -> Option<NetworkId> {
+    if text.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok().map(NetworkId)
 }
 
 fn parse_address(text: &str) -> Result<Address, node_core::address::AddressParseError> {
@@ -471,6 +579,33 @@ mod tests {
                         unanswered.push(reply);
                     }
                 }
+                ApiRequest::Networks { reply } => {
+                    let _ = reply.send(json!([{"nwid": "8056c2e21c000001"}]));
+                }
+                ApiRequest::Network { network_id, reply } => {
+                    let known = network_id.0 == 0x8056_c2e2_1c00_0001;
+                    let _ = reply.send(known.then(|| json!({"nwid": "8056c2e21c000001"})));
+                }
+                ApiRequest::Join {
+                    network_id, body, ..
+                } => {
+                    // Answer with what the driver was asked, to check the routing.
+                    let _ = (network_id, body);
+                }
+                ApiRequest::Leave { network_id, reply } => {
+                    let _ = reply.send(network_id.0 == 0x8056_c2e2_1c00_0001);
+                }
+                ApiRequest::Controller {
+                    method,
+                    path,
+                    body,
+                    reply,
+                } => {
+                    let _ = reply.send((
+                        201,
+                        json!({"method": method, "path": path, "len": body.len()}),
+                    ));
+                }
             }
         }
     }
@@ -550,7 +685,7 @@ mod tests {
         assert_eq!(status, 400);
         let (status, _) = call(port, TOKEN, "GET", "/peer/ff00000001", b"").await;
         assert_eq!(status, 400);
-        let (status, _) = call(port, TOKEN, "GET", "/network", b"").await;
+        let (status, _) = call(port, TOKEN, "GET", "/moon", b"").await;
         assert_eq!(status, 404);
         let (status, _) = call(port, TOKEN, "POST", "/status", b"").await;
         assert_eq!(status, 405);
@@ -574,6 +709,32 @@ mod tests {
         let state = ApiState::new(TOKEN.to_string(), driver);
         let response = echo(&state, "2222222222".parse().unwrap(), Vec::new()).await;
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn network_and_controller_routes() {
+        let port = start().await;
+        let (status, body) = call(port, TOKEN, "GET", "/network", b"").await;
+        assert_eq!(status, 200);
+        assert_eq!(body[0]["nwid"], "8056c2e21c000001");
+        let (status, _) = call(port, TOKEN, "GET", "/network/8056c2e21c000001", b"").await;
+        assert_eq!(status, 200);
+        let (status, _) = call(port, TOKEN, "GET", "/network/8056c2e21c000002", b"").await;
+        assert_eq!(status, 404);
+        let (status, _) = call(port, TOKEN, "GET", "/network/nothex", b"").await;
+        assert_eq!(status, 400);
+        let (status, _) = call(port, TOKEN, "POST", "/network/8056c2e21c000001", b"{bad").await;
+        assert_eq!(status, 400);
+        let (status, body) = call(port, TOKEN, "DELETE", "/network/8056c2e21c000001", b"").await;
+        assert_eq!((status, body), (200, json!({"result": true})));
+        let (status, body) = call(port, TOKEN, "DELETE", "/network/8056c2e21c000002", b"").await;
+        assert_eq!((status, body), (200, json!({})));
+        let (status, body) = call(port, TOKEN, "POST", "/controller/network", b"{}").await;
+        assert_eq!(status, 201, "the controller's status is passed through");
+        assert_eq!(body["path"], "/controller/network");
+        assert_eq!(body["method"], "POST");
+        let (status, _) = call(port, "wrong", "GET", "/controller", b"").await;
+        assert_eq!(status, 401, "the controller API needs the token too");
     }
 
     #[test]

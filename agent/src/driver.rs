@@ -11,21 +11,30 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use node_core::node::{Event, Node, PeerRole, PeerStatus};
+use node_core::controller::{Push, RequestAnswer};
+use node_core::node::{ConfigAnswer, Event, Node, PeerRole, PeerStatus};
+use node_core::vl2::Mac;
+use node_core::wire::verb::ErrorCode;
 use node_core::{Address, Timestamp};
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{
     endpoint_text, ApiRequest, EchoReport, PathReport, PeerReport, StatusConfig, StatusReport,
     StatusSettings, ECHO_TIMEOUT,
 };
+use crate::controller::ControllerService;
 use crate::home::Home;
+use crate::networks::LocalSettings;
+use crate::ports::{Ports, TapFrame};
 use crate::transport::Transport;
 
 /// Large enough for any UDP datagram.
 const RECEIVE_BUFFER: usize = 65_536;
 /// Outstanding `POST /echo` requests kept at once; more are refused at once.
 const MAX_PENDING_ECHOES: usize = 1024;
+/// How often the taps' multicast groups are read from the OS.
+const MULTICAST_SCAN_PERIOD: Duration = Duration::from_secs(5);
 
 /// Why the driver stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,11 @@ pub struct Driver<T: Transport> {
     local: LocalInfo,
     pending_echoes: Vec<PendingEcho>,
     echo_sequence: u64,
+    /// Joined networks' taps; `None` runs without virtual ports (tests of VL1 only).
+    ports: Option<Ports>,
+    tap_frames: Option<mpsc::Receiver<TapFrame>>,
+    /// The network controller for networks under our address.
+    controller: Option<ControllerService>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -88,6 +102,46 @@ impl<T: Transport> Driver<T> {
             local,
             pending_echoes: Vec::new(),
             echo_sequence: 0,
+            ports: None,
+            tap_frames: None,
+            controller: None,
+        }
+    }
+
+    /// Gives the node virtual ports: `ports` makes the taps, their frames come on `frames`.
+    pub fn with_ports(mut self, ports: Ports, frames: mpsc::Receiver<TapFrame>) -> Self {
+        self.ports = Some(ports);
+        self.tap_frames = Some(frames);
+        self
+    }
+
+    /// Runs the network controller for networks under our address.
+    pub fn with_controller(mut self, controller: ControllerService) -> Self {
+        self.controller = Some(controller);
+        self
+    }
+
+    /// Joins the networks of `networks.d/` again, with their saved configs applied at once.
+    fn restore_networks(&mut self) {
+        let now = wall_clock();
+        let Some(ports) = self.ports.as_mut() else {
+            return;
+        };
+        for (nwid, saved, settings) in ports.saved() {
+            tracing::info!(network = %nwid, saved_config = saved.is_some(), "rejoining network");
+            let mtu = saved
+                .as_ref()
+                .map_or(node_core::vl2::config::DEFAULT_MTU, |c| c.mtu);
+            let mac = Mac::from_address(self.node.address(), nwid);
+            ports.open(nwid, mac, mtu, settings, false);
+            if let Some(config) = &saved {
+                let dictionary = config
+                    .to_dictionary()
+                    .map(|d| d.into_bytes())
+                    .unwrap_or_default();
+                ports.configure(nwid, config, &dictionary);
+            }
+            self.node.join(now, nwid, saved);
         }
     }
 
@@ -99,6 +153,9 @@ impl<T: Transport> Driver<T> {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; RECEIVE_BUFFER];
+        self.restore_networks();
+        let mut tap_frames = self.tap_frames.take();
+        let mut multicast_scan = tokio::time::interval(MULTICAST_SCAN_PERIOD);
         // Anything the node queued at construction (first HELLOs) goes out now.
         self.flush().await?;
         loop {
@@ -111,6 +168,10 @@ impl<T: Transport> Driver<T> {
                     Err(e) => tracing::debug!("UDP receive failed: {e}"),
                 },
                 Some(request) = self.requests.recv() => self.handle_request(request),
+                Some((network_id, frame)) = recv_frame(&mut tap_frames) => {
+                    self.node.handle_tap_frame(wall_clock(), network_id, &frame);
+                }
+                _ = multicast_scan.tick() => self.scan_multicast_groups(),
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = wall_clock();
                     if now >= deadline {
@@ -190,7 +251,57 @@ impl<T: Transport> Driver<T> {
                 tracing::debug!(%from, type_id, len = data.len(), "user message ignored");
             }
             Event::IdentityCollision => return Err(DriverError::IdentityCollision),
-            other => tracing::debug!("VL2 event not handled yet: {other:?}"),
+            Event::Frame { network_id, frame } => {
+                if let Some(ports) = &self.ports {
+                    ports.deliver(network_id, &frame);
+                }
+            }
+            Event::NetworkConfigUpdated {
+                network_id,
+                config,
+                dictionary,
+            } => {
+                tracing::info!(
+                    network = %network_id,
+                    revision = config.revision,
+                    addresses = config.static_ips.len(),
+                    "network config updated"
+                );
+                if let Some(ports) = self.ports.as_mut() {
+                    ports.configure(network_id, &config, &dictionary);
+                }
+            }
+            Event::NetworkStatusChanged { network_id, status } => {
+                tracing::info!(network = %network_id, status = status.as_str(), "network status");
+            }
+            Event::NetworkConfigRequest {
+                network_id,
+                requester,
+                metadata,
+                packet_id,
+                from,
+            } => {
+                let Some(controller) = self.controller.as_mut() else {
+                    return Ok(());
+                };
+                let now = wall_clock();
+                let answer =
+                    match controller.handle_request(now, network_id, &requester, &metadata, from) {
+                        RequestAnswer::Config(config) => ConfigAnswer::Config(config),
+                        RequestAnswer::NotFound => ConfigAnswer::Error(ErrorCode::ObjectNotFound),
+                        RequestAnswer::AccessDenied => {
+                            ConfigAnswer::Error(ErrorCode::NetworkAccessDenied)
+                        }
+                        RequestAnswer::Ignore => return Ok(()),
+                    };
+                self.node.answer_config_request(
+                    now,
+                    network_id,
+                    requester.address(),
+                    packet_id,
+                    answer,
+                );
+            }
         }
         Ok(())
     }
@@ -215,9 +326,118 @@ impl<T: Transport> Driver<T> {
         let _ = pending.reply.send(report);
     }
 
+    /// Configs and revocations the controller owes members after an API change.
+    fn send_controller_pushes(&mut self) {
+        let Some(controller) = self.controller.as_mut() else {
+            return;
+        };
+        let now = wall_clock();
+        for push in controller.take_pushes(now) {
+            match push {
+                Push::Config {
+                    to,
+                    network_id,
+                    config,
+                } => self.node.answer_config_request(
+                    now,
+                    network_id,
+                    to,
+                    0,
+                    ConfigAnswer::Config(config),
+                ),
+                Push::Revocation { revocation, to, .. } => {
+                    for member in to {
+                        self.node.send_revocation(now, member, revocation.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn scan_multicast_groups(&mut self) {
+        let Some(ports) = &self.ports else {
+            return;
+        };
+        let now = wall_clock();
+        for (network_id, groups) in ports.multicast_groups() {
+            self.node
+                .set_multicast_subscriptions(now, network_id, groups);
+        }
+    }
+
+    fn network_json(&self, network_id: node_core::vl2::NetworkId) -> Option<Value> {
+        let info = self.node.network(network_id)?;
+        Some(match &self.ports {
+            Some(ports) => ports.network_json(&info),
+            None => crate::networks::network_json(&info, "", &LocalSettings::default()),
+        })
+    }
+
     fn handle_request(&mut self, request: ApiRequest) {
         let now = wall_clock();
         match request {
+            ApiRequest::Networks { reply } => {
+                let list: Vec<Value> = self
+                    .node
+                    .networks()
+                    .iter()
+                    .filter_map(|n| self.network_json(n.id))
+                    .collect();
+                let _ = reply.send(Value::Array(list));
+            }
+            ApiRequest::Network { network_id, reply } => {
+                let _ = reply.send(self.network_json(network_id));
+            }
+            ApiRequest::Join {
+                network_id,
+                body,
+                reply,
+            } => {
+                if self.node.network(network_id).is_none() {
+                    tracing::info!(network = %network_id, "joining network");
+                    let mac = Mac::from_address(self.node.address(), network_id);
+                    if let Some(ports) = self.ports.as_mut() {
+                        let mut settings = LocalSettings::default();
+                        settings.update_from_json(&body);
+                        ports.open(
+                            network_id,
+                            mac,
+                            node_core::vl2::config::DEFAULT_MTU,
+                            settings,
+                            true,
+                        );
+                    }
+                    self.node.join(now, network_id, None);
+                } else if let Some(ports) = self.ports.as_mut() {
+                    let config = self.node.network(network_id).and_then(|n| n.config);
+                    ports.update_settings(network_id, &body, config.as_ref());
+                }
+                let _ = reply.send(self.network_json(network_id).unwrap_or_else(|| json!({})));
+            }
+            ApiRequest::Leave { network_id, reply } => {
+                let joined = self.node.leave(now, network_id);
+                if let Some(ports) = self.ports.as_mut() {
+                    ports.close(network_id);
+                }
+                if joined {
+                    tracing::info!(network = %network_id, "left network");
+                }
+                let _ = reply.send(joined);
+            }
+            ApiRequest::Controller {
+                method,
+                path,
+                body,
+                reply,
+            } => {
+                let Some(controller) = self.controller.as_mut() else {
+                    let _ = reply.send((404, json!({"error": "no controller runs here"})));
+                    return;
+                };
+                let answer = controller.handle_http(now, &method, &path, &body);
+                let _ = reply.send((answer.status, answer.body));
+                self.send_controller_pushes();
+            }
             ApiRequest::Status { reply } => {
                 let _ = reply.send(self.status_report(now));
             }
@@ -344,6 +564,14 @@ impl<T: Transport> Driver<T> {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The next frame from the taps, or never when the driver has no ports.
+async fn recv_frame(frames: &mut Option<mpsc::Receiver<TapFrame>>) -> Option<TapFrame> {
+    match frames {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

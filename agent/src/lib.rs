@@ -4,14 +4,24 @@
 //! - [`agent`]: `zt-agent run`: home folder, sockets, local API, the node's task.
 //! - [`driver`]: the task that owns the node (sans-IO `node_core::node::Node`).
 //! - [`transport`]: the UDP sockets behind a trait.
-//! - [`api`]: the local HTTP API (ZeroTier One's `/status`, `/peer`, plus `/echo`).
+//! - [`api`]: the local HTTP API (ZeroTier One's `/status`, `/peer`, `/network`,
+//!   `/controller...`, plus `/echo`).
+//! - [`controller`]: the network controller's records in `controller.d/` and its HTTP API.
+//! - [`ports`]: one tap per joined network; [`networks`]: `networks.d/` and `/network` JSON.
 //! - [`home`]: the home folder, laid out as ZeroTier One's.
-//! - [`client`], [`cli`]: the command-line tools (idtool, mkworld, info, listpeers, echo).
+//! - [`tap`]: the Linux tap device of a virtual network; [`netconf`]: its addresses, routes, MTU.
+//! - [`client`], [`cli`]: the command-line tools (idtool, mkworld, info, listpeers, echo,
+//!   join, leave, listnetworks, api).
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod controller;
 pub mod driver;
 pub mod home;
+pub mod netconf;
+pub mod networks;
+pub mod ports;
+pub mod tap;
 pub mod transport;

@@ -83,6 +83,26 @@ enum Command {
         #[arg(short = 'j')]
         json: bool,
     },
+    /// Call the local API (e.g. the controller's): `api POST /controller/network '{}'`.
+    Api {
+        method: String,
+        path: String,
+        body: Option<String>,
+    },
+    /// Join a network (creates its tap once the controller answers).
+    Join {
+        /// The network's 16 hex digit ID.
+        network: String,
+        #[arg(short = 'j')]
+        json: bool,
+    },
+    /// Leave a network.
+    Leave { network: String },
+    /// Joined networks, as zerotier-cli listnetworks.
+    Listnetworks {
+        #[arg(short = 'j')]
+        json: bool,
+    },
     /// Send VL1 ECHOs to a node and print the round trips.
     Echo {
         /// The node's 10 hex digit address.
@@ -138,6 +158,16 @@ fn main() -> ExitCode {
             client_command(&cli, |c| query::listpeers(c, *json, &mut out))
         }
         Command::Peers { json } => client_command(&cli, |c| query::peers(c, *json, &mut out)),
+        Command::Join { network, json } => {
+            client_command(&cli, |c| query::join(c, network, *json, &mut out))
+        }
+        Command::Api { method, path, body } => client_command(&cli, |c| {
+            query::api(c, method, path, body.as_deref(), &mut out)
+        }),
+        Command::Leave { network } => client_command(&cli, |c| query::leave(c, network, &mut out)),
+        Command::Listnetworks { json } => {
+            client_command(&cli, |c| query::listnetworks(c, *json, &mut out))
+        }
         Command::Echo {
             address,
             count,

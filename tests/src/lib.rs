@@ -577,6 +577,16 @@ impl<'ns> Agent<'ns> {
         })
     }
 
+    /// A local API call (`zt-agent api METHOD PATH [BODY]`), its JSON answer.
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let body = body.map(Value::to_string);
+        let mut args = vec!["api", method, path];
+        if let Some(body) = &body {
+            args.push(body);
+        }
+        self.cli_json(&args)
+    }
+
     /// `info -j`: the node's status ("address", "online", ...).
     pub fn info(&self) -> Result<Value, String> {
         self.cli_json(&["info", "-j"])

@@ -294,3 +294,93 @@ pub fn echo(
     }
     Ok(())
 }
+
+fn network_id_arg(text: &str) -> Result<String, Failure> {
+    let t = text.trim().to_ascii_lowercase();
+    if t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t)
+    } else {
+        Err(Failure::new(
+            2,
+            format!("invalid network ID: {text} (16 hex digits)"),
+        ))
+    }
+}
+
+/// `join <nwid>`, as zerotier-cli: `200 join OK`.
+pub fn join(
+    client: &ApiClient,
+    nwid: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let nwid = network_id_arg(nwid)?;
+    let network = call(client, "join", "POST", &format!("/network/{nwid}"), b"{}")?;
+    if json {
+        return write_out(out, &format!("{}\n", pretty(&network)));
+    }
+    write_out(out, "200 join OK\n")
+}
+
+/// `leave <nwid>`: `200 leave OK`.
+pub fn leave(client: &ApiClient, nwid: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let nwid = network_id_arg(nwid)?;
+    call(client, "leave", "DELETE", &format!("/network/{nwid}"), b"")?;
+    write_out(out, "200 leave OK\n")
+}
+
+/// `listnetworks [-j]`, zerotier-cli's columns.
+pub fn listnetworks(client: &ApiClient, json: bool, out: &mut dyn Write) -> Result<(), Failure> {
+    let networks = call(client, "listnetworks", "GET", "/network", b"")?;
+    if json {
+        return write_out(out, &format!("{}\n", pretty(&networks)));
+    }
+    let mut text = String::from(
+        "200 listnetworks <nwid> <name> <mac> <status> <type> <dev> <ZT assigned ips>\n",
+    );
+    for n in networks.as_array().into_iter().flatten() {
+        let ips: Vec<&str> = n["assignedAddresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let name = n["name"].as_str().filter(|s| !s.is_empty()).unwrap_or("-");
+        text.push_str(&format!(
+            "200 listnetworks {} {name} {} {} {} {} {}\n",
+            n["nwid"].as_str().unwrap_or("-"),
+            n["mac"].as_str().unwrap_or("-"),
+            n["status"].as_str().unwrap_or("-"),
+            n["type"].as_str().unwrap_or("-"),
+            n["portDeviceName"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("-"),
+            if ips.is_empty() {
+                "-".to_string()
+            } else {
+                ips.join(",")
+            }
+        ));
+    }
+    write_out(out, &text)
+}
+
+/// `api <METHOD> <path> [<body>]`: any local API call with the home's token (the controller
+/// API included), printing the JSON answer. Non-200 answers fail with their status.
+pub fn api(
+    client: &ApiClient,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let method = method.to_ascii_uppercase();
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    let value = call(client, "api", &method, &path, body.unwrap_or("").as_bytes())?;
+    write_out(out, &format!("{}\n", pretty(&value)))
+}

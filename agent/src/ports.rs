@@ -1,0 +1,261 @@
+//! The host side of joined networks: one tap per network ("virtual port"), the managed
+//! addresses, routes and MTU on it, its multicast groups, and `networks.d/`.
+//!
+//! Frames read from a tap go to the driver over a channel, tagged with their network; frames
+//! for a tap are written straight to it (a full queue drops the frame, as a NIC would).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use node_core::node::NetworkInfo;
+use node_core::vl2::config::{NetworkConfig, DEFAULT_MTU};
+use node_core::vl2::{Mac, MulticastGroup, NetworkId};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::netconf::{self, Applied};
+use crate::networks::{self, LocalSettings, NetworksDir};
+use crate::tap::{self, Tap};
+
+/// Frames from all taps waiting for the driver.
+pub const FRAME_QUEUE: usize = 4096;
+/// Largest frame read from a tap: the largest ZeroTier MTU and an Ethernet header.
+const TAP_READ_BUFFER: usize = 10_000 + 14 + 4;
+
+/// A frame read from a network's tap.
+pub type TapFrame = (NetworkId, Vec<u8>);
+
+/// One network's port.
+struct Port {
+    tap: Option<Arc<Tap>>,
+    name: String,
+    settings: LocalSettings,
+    applied: Applied,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
+    }
+}
+
+/// Every joined network's port, and `networks.d/`.
+pub struct Ports {
+    dir: Option<NetworksDir>,
+    ports: BTreeMap<NetworkId, Port>,
+    frames: mpsc::Sender<TapFrame>,
+}
+
+impl Ports {
+    /// `dir` = `None` persists nothing (tests). Frames read from taps go to `frames`.
+    pub fn new(dir: Option<NetworksDir>, frames: mpsc::Sender<TapFrame>) -> Self {
+        if let Some(dir) = &dir {
+            if let Err(e) = dir.create() {
+                tracing::warn!("cannot create networks.d: {e}");
+            }
+        }
+        Self {
+            dir,
+            ports: BTreeMap::new(),
+            frames,
+        }
+    }
+
+    /// Networks joined in an earlier run, with their saved configs.
+    pub fn saved(&self) -> Vec<(NetworkId, Option<NetworkConfig>, LocalSettings)> {
+        self.dir
+            .as_ref()
+            .map(NetworksDir::joined)
+            .unwrap_or_default()
+    }
+
+    pub fn is_open(&self, nwid: NetworkId) -> bool {
+        self.ports.contains_key(&nwid)
+    }
+
+    /// Creates the network's tap (ZeroTier One's name for it) with our MAC on that network.
+    /// Without the privilege to make taps the network stays joined with no port, and says so.
+    pub fn open(
+        &mut self,
+        nwid: NetworkId,
+        mac: Mac,
+        mtu: u32,
+        settings: LocalSettings,
+        persist: bool,
+    ) {
+        if self.ports.contains_key(&nwid) {
+            return;
+        }
+        if persist {
+            if let Some(dir) = &self.dir {
+                if let Err(e) = dir
+                    .save_joined(nwid)
+                    .and_then(|()| dir.save_settings(nwid, &settings))
+                {
+                    tracing::error!(network = %nwid, "cannot record the join in networks.d: {e}");
+                }
+            }
+        }
+        let made = tap::free_interface_name(nwid.0).and_then(|name| Tap::create(&name, mac.0, mtu));
+        let port = match made {
+            Ok(device) => {
+                let device = Arc::new(device);
+                tracing::info!(network = %nwid, device = device.name(), "virtual port up");
+                let reader = tokio::spawn(read_frames(nwid, device.clone(), self.frames.clone()));
+                Port {
+                    name: device.name().to_string(),
+                    tap: Some(device),
+                    settings,
+                    applied: Applied::default(),
+                    reader: Some(reader),
+                }
+            }
+            Err(e) => {
+                tracing::error!(network = %nwid, "cannot create the network's tap device: {e}");
+                Port {
+                    tap: None,
+                    name: String::new(),
+                    settings,
+                    applied: Applied::default(),
+                    reader: None,
+                }
+            }
+        };
+        self.ports.insert(nwid, port);
+    }
+
+    /// Removes the port (the tap goes with it) and forgets the network in `networks.d/`.
+    pub fn close(&mut self, nwid: NetworkId) -> bool {
+        let existed = self.ports.remove(&nwid).is_some();
+        if let Some(dir) = &self.dir {
+            if let Err(e) = dir.remove(nwid) {
+                tracing::warn!(network = %nwid, "cannot remove its networks.d files: {e}");
+            }
+        }
+        existed
+    }
+
+    /// A frame for the network's tap.
+    pub fn deliver(&self, nwid: NetworkId, frame: &[u8]) {
+        if let Some(tap) = self.ports.get(&nwid).and_then(|p| p.tap.as_ref()) {
+            if let Err(e) = tap.send(frame) {
+                tracing::debug!(network = %nwid, "tap write failed: {e}");
+            }
+        }
+    }
+
+    /// A new config: persist it, then apply MTU, addresses and routes as the settings allow.
+    pub fn configure(&mut self, nwid: NetworkId, config: &NetworkConfig, dictionary: &[u8]) {
+        if let Some(dir) = &self.dir {
+            if let Err(e) = dir.save_config(nwid, dictionary) {
+                tracing::error!(network = %nwid, "cannot save the network config: {e}");
+            }
+        }
+        self.apply(nwid, Some(config));
+    }
+
+    /// (Re)applies what the config manages on the tap; `None` removes all of it.
+    fn apply(&mut self, nwid: NetworkId, config: Option<&NetworkConfig>) {
+        let Some(port) = self.ports.get_mut(&nwid) else {
+            return;
+        };
+        let Some(tap) = &port.tap else {
+            return;
+        };
+        let (mtu, addresses, routes) = match config {
+            Some(config) => (
+                config.mtu,
+                networks::managed_addresses(config, &port.settings),
+                networks::managed_routes(config, &port.settings),
+            ),
+            None => (DEFAULT_MTU, Vec::new(), Vec::new()),
+        };
+        if let Err(e) = tap.set_mtu(mtu) {
+            tracing::warn!(network = %nwid, "cannot set the MTU to {mtu}: {e}");
+        }
+        match netconf::apply(&port.name, mtu, &addresses, &routes, &port.applied) {
+            Ok(applied) => port.applied = applied,
+            Err(e) => {
+                tracing::warn!(network = %nwid, "managed addresses/routes: {e}");
+                port.applied = e.applied;
+            }
+        }
+    }
+
+    /// `POST /network/<nwid>` on a joined network: new settings, saved and applied.
+    pub fn update_settings(
+        &mut self,
+        nwid: NetworkId,
+        body: &Value,
+        config: Option<&NetworkConfig>,
+    ) -> LocalSettings {
+        let Some(port) = self.ports.get_mut(&nwid) else {
+            return LocalSettings::default();
+        };
+        let before = port.settings;
+        port.settings.update_from_json(body);
+        let settings = port.settings;
+        if settings != before {
+            if let Some(dir) = &self.dir {
+                if let Err(e) = dir.save_settings(nwid, &settings) {
+                    tracing::warn!(network = %nwid, "cannot save local.conf: {e}");
+                }
+            }
+            self.apply(nwid, config);
+        }
+        settings
+    }
+
+    /// The multicast groups the OS has on each tap (`/proc/net/dev_mcast`).
+    pub fn multicast_groups(&self) -> Vec<(NetworkId, Vec<MulticastGroup>)> {
+        self.ports
+            .iter()
+            .filter(|(_, p)| !p.name.is_empty())
+            .filter_map(|(nwid, p)| {
+                let macs = netconf::multicast_groups(&p.name).ok()?;
+                let groups = macs
+                    .into_iter()
+                    .map(|mac| MulticastGroup {
+                        mac: Mac(mac),
+                        adi: 0,
+                    })
+                    .collect();
+                Some((*nwid, groups))
+            })
+            .collect()
+    }
+
+    /// ZeroTier One's `/network` object for a joined network.
+    pub fn network_json(&self, info: &NetworkInfo) -> Value {
+        let (name, settings) = self
+            .ports
+            .get(&info.id)
+            .map_or((String::new(), LocalSettings::default()), |p| {
+                (p.name.clone(), p.settings)
+            });
+        networks::network_json(info, &name, &settings)
+    }
+}
+
+/// Reads frames from a tap until it fails or the task is aborted.
+async fn read_frames(nwid: NetworkId, tap: Arc<Tap>, frames: mpsc::Sender<TapFrame>) {
+    let mut buf = vec![0u8; TAP_READ_BUFFER];
+    loop {
+        match tap.recv(&mut buf).await {
+            Ok(0) => continue,
+            Ok(len) => {
+                if frames.send((nwid, buf[..len].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(network = %nwid, "tap read failed, port stopped: {e}");
+                return;
+            }
+        }
+    }
+}
