@@ -5,7 +5,6 @@
 //! 6PLANE and move a TCP stream. A deauthorized member is cut off.
 
 use std::fs;
-use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -165,9 +164,13 @@ fn members_join_get_authorized_and_talk_over_a_controller_network() {
             None => panic!("{} never came ONLINE", NAMES[index]),
         }
     }
-    let [root, member_a, member_b] = &agents[..] else {
-        unreachable!("three agents")
-    };
+    let mut agents = agents.into_iter();
+    let (root, mut member_a, member_b) = (
+        agents.next().expect("root"),
+        agents.next().expect("member-a"),
+        agents.next().expect("member-b"),
+    );
+    let (root, member_b) = (&root, &member_b);
 
     // The controller API, as ZeroTier's: create a private network with IPv4 auto-assign and
     // both managed IPv6 schemes.
@@ -199,10 +202,10 @@ fn members_join_get_authorized_and_talk_over_a_controller_network() {
     println!("network {nwid} created");
 
     // Members join and are refused: the controller lists them, unauthorized.
-    for member in [member_a, member_b] {
+    for member in [&member_a, member_b] {
         member.cli(&["join", &nwid]).expect("join");
     }
-    for (index, member) in [(MEMBER_A, member_a), (MEMBER_B, member_b)] {
+    for (index, member) in [(MEMBER_A, &member_a), (MEMBER_B, member_b)] {
         let denied = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
             network_of(member, &nwid).filter(|n| n["status"] == "ACCESS_DENIED")
         });
@@ -234,7 +237,7 @@ fn members_join_get_authorized_and_talk_over_a_controller_network() {
         .expect("authorize");
     }
     let mut networks = Vec::new();
-    for (index, member) in [(MEMBER_A, member_a), (MEMBER_B, member_b)] {
+    for (index, member) in [(MEMBER_A, &member_a), (MEMBER_B, member_b)] {
         let network = wait_until(Duration::from_secs(40), Duration::from_millis(500), || {
             network_of(member, &nwid).filter(|n| n["status"] == "OK" && addresses_of(n).len() >= 3)
         })
@@ -302,6 +305,40 @@ fn members_join_get_authorized_and_talk_over_a_controller_network() {
     assert_eq!(received, size, "TCP bytes received");
     println!("TCP: {received} bytes member-a -> member-b");
 
+    // Killed (SIGKILL) and restarted, member-a comes back from networks.d with the same
+    // network, device and addresses, and traffic flows again.
+    drop(member_a);
+    assert!(
+        !lan.host(MEMBER_A)
+            .run("ip", ["link", "show", "dev", dev_a])
+            .status
+            .success(),
+        "the tap goes away with the killed agent"
+    );
+    member_a = Agent::start(lan.host(MEMBER_A), &homes[MEMBER_A], AGENT_PORT);
+    let back = wait_until(Duration::from_secs(40), Duration::from_millis(500), || {
+        network_of(&member_a, &nwid).filter(|n| n["status"] == "OK")
+    })
+    .unwrap_or_else(|| panic!("member-a did not rejoin {nwid} after a restart"));
+    assert_eq!(back["portDeviceName"], net_a["portDeviceName"], "{back}");
+    let mut before = addresses_of(net_a);
+    let mut after = addresses_of(&back);
+    before.sort();
+    after.sort();
+    assert_eq!(after, before, "the same addresses after a restart");
+    ping_until(
+        host_a,
+        "member-a (restarted)",
+        &address_with(net_b, "10.213.99."),
+        "member-b",
+    );
+    ping_until(
+        host_b,
+        "member-b",
+        &address_with(net_a, "10.213.99."),
+        "member-a (restarted)",
+    );
+
     // Deauthorized: b can neither reach a nor be reached (a drops b's frames once the
     // controller revokes b's certificate of membership).
     root.api(
@@ -328,11 +365,7 @@ fn members_join_get_authorized_and_talk_over_a_controller_network() {
         "member-a -> member-b after deauthorization"
     );
     println!("member-b is cut off after deauthorization");
-    let _: Ipv4Addr = lan.ip(ROOT);
-
-    for (index, agent) in agents.iter_mut().enumerate() {
-        if let Err(exited) = agent.check_running() {
-            panic!("{}: {exited}", NAMES[index]);
-        }
+    if let Err(exited) = member_a.check_running() {
+        panic!("member-a: {exited}");
     }
 }
