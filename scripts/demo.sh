@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The VL1 demo: a private ZeroTier planet on one machine.
+# The demo: a private ZeroTier planet and network on one machine.
 #
 # Three network namespaces on a bridge (10.213.250.0/24, which exists only inside them): a
-# root node and two members, each a `zt-agent run`. The planet is made here with
-# `zt-agent mkworld`, with the root as its only root. The members come ONLINE through the
-# root, ECHO each other and end up as direct peers. Everything is removed at the end.
+# root node that also runs the network controller, and two member hosts, each a
+# `zt-agent run`. The planet is made here with `zt-agent mkworld`, with the root as its only
+# root. The members come ONLINE through the root and ECHO each other. Then a network is
+# created through the controller API, both hosts join it, are refused until authorized,
+# get their addresses on a `zt...` tap and ping each other over IPv4 and IPv6 (RFC4193).
+# Everything is removed at the end.
 #
 # Run as root (it creates network namespaces): ./scripts/demo.sh
 set -euo pipefail
@@ -138,6 +141,65 @@ sleep 3
 for name in "${names[@]}"; do
     echo "==> zt-agent listpeers on $name"
     cli "$name" listpeers
+done
+
+echo "==> a network on the root's controller (POST /controller/network)"
+nwid=$(cli root api POST /controller/network '{
+    "name": "demo", "private": true,
+    "v4AssignMode": {"zt": true}, "v6AssignMode": {"rfc4193": true, "6plane": true, "zt": false},
+    "ipAssignmentPools": [{"ipRangeStart": "10.213.251.10", "ipRangeEnd": "10.213.251.250"}],
+    "routes": [{"target": "10.213.251.0/24"}]
+}' | json_field id)
+echo "    network $nwid"
+
+network_field() { # network_field HOST FIELD
+    cli "$1" api GET "/network/$nwid" 2>/dev/null | json_field "$2" 2>/dev/null || true
+}
+
+for name in member-a member-b; do
+    cli "$name" join "$nwid"
+done
+for name in member-a member-b; do
+    for _ in $(seq 60); do
+        [ "$(network_field "$name" status)" = ACCESS_DENIED ] && break
+        sleep 0.5
+    done
+    echo "    $name: $(network_field "$name" status) (not authorized yet)"
+done
+
+echo "==> authorizing both members (POST /controller/network/$nwid/member/<address>)"
+for name in member-a member-b; do
+    cli root api POST "/controller/network/$nwid/member/${address[$name]}" '{"authorized": true}' >/dev/null
+done
+declare -A ipv4 ipv6
+for name in member-a member-b; do
+    for _ in $(seq 80); do
+        addrs=$(cli "$name" api GET "/network/$nwid" 2>/dev/null | python3 -c '
+import json, sys
+n = json.load(sys.stdin)
+print(" ".join(a.split("/")[0] for a in n.get("assignedAddresses", [])) if n.get("status") == "OK" else "")' || true)
+        [ -n "$addrs" ] && break
+        sleep 0.5
+    done
+    [ -n "$addrs" ] || { echo "$name got no config; its log:" >&2; cat "$work/$name.log" >&2; exit 1; }
+    for a in $addrs; do
+        case $a in 10.*) ipv4[$name]=$a ;; fd*) ipv6[$name]=$a ;; esac
+    done
+    echo "    $name: $addrs"
+done
+cli member-a listnetworks
+
+echo "==> ping over the ZeroTier network"
+for pair in "member-a member-b" "member-b member-a"; do
+    read -r from to <<<"$pair"
+    for target in "${ipv4[$to]}" "${ipv6[$to]}"; do
+        ok=
+        for _ in $(seq 30); do
+            if in_ns "$from" ping -c 1 -W 1 "$target" >/dev/null 2>&1; then ok=1; break; fi
+        done
+        [ -n "$ok" ] || { echo "    $from -> $to ($target): no answer" >&2; exit 1; }
+        echo "    $from -> $to ($target): $(in_ns "$from" ping -c 3 -i 0.2 "$target" | tail -1)"
+    done
 done
 
 echo "==> done; removing the namespaces"
