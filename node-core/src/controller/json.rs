@@ -6,22 +6,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
+
+// The lenient number readers are shared with the rules' JSON form.
+use crate::vl2::rules_json::number_to_u64;
+pub(crate) use crate::vl2::rules_json::str_to_u64;
 
 /// A record: a JSON object.
 pub(crate) type Record = Map<String, Value>;
-
-/// A JSON number as 1.14's `(uint64_t)` conversion gives it: negative integers wrap,
-/// fractions truncate.
-fn number_to_u64(n: &Number) -> u64 {
-    if let Some(v) = n.as_u64() {
-        v
-    } else if let Some(v) = n.as_i64() {
-        v as u64
-    } else {
-        n.as_f64().map_or(0, |f| f as u64)
-    }
-}
 
 /// `OSUtils::jsonInt`: numbers, decimal strings (`strtoull`), booleans; else `default`.
 pub(crate) fn int(value: Option<&Value>, default: u64) -> u64 {
@@ -58,44 +50,6 @@ pub(crate) fn string(value: Option<&Value>, default: &str) -> String {
         Some(Value::Number(n)) => number_to_u64(n).to_string(),
         Some(Value::Bool(b)) => if *b { "1" } else { "0" }.to_owned(),
         _ => default.to_owned(),
-    }
-}
-
-/// `strtoull`: leading white space, an optional sign, an optional `0x` for base 16, then
-/// digits up to the first non-digit; saturates on overflow; a minus sign negates (wrapping).
-pub(crate) fn str_to_u64(text: &str, radix: u32) -> u64 {
-    let mut s = text.trim_start();
-    let mut negative = false;
-    if let Some(rest) = s.strip_prefix('-') {
-        negative = true;
-        s = rest;
-    } else if let Some(rest) = s.strip_prefix('+') {
-        s = rest;
-    }
-    if radix == 16 {
-        if let Some(rest) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            if rest.starts_with(|c: char| c.is_ascii_hexdigit()) {
-                s = rest;
-            }
-        }
-    }
-    let mut value: u64 = 0;
-    for c in s.chars() {
-        let Some(digit) = c.to_digit(radix) else {
-            break;
-        };
-        value = match value
-            .checked_mul(u64::from(radix))
-            .and_then(|v| v.checked_add(u64::from(digit)))
-        {
-            Some(v) => v,
-            None => return u64::MAX,
-        };
-    }
-    if negative {
-        value.wrapping_neg()
-    } else {
-        value
     }
 }
 

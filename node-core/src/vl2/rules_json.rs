@@ -256,7 +256,7 @@ pub fn rules_to_json(rules: &[Rule]) -> Value {
 
 /// A JSON number as 1.14's `(uint64_t)` conversion gives it: negative integers wrap, floats
 /// truncate.
-fn number_to_u64(n: &serde_json::Number) -> u64 {
+pub(crate) fn number_to_u64(n: &serde_json::Number) -> u64 {
     if let Some(v) = n.as_u64() {
         v
     } else if let Some(v) = n.as_i64() {
@@ -295,7 +295,7 @@ fn json_string(value: &Value, default: &str) -> String {
 
 /// `strtoull`: leading white space, an optional sign, an optional `0x` for base 16, then
 /// digits up to the first non-digit; saturates on overflow; a minus sign negates (wrapping).
-fn str_to_u64(text: &str, radix: u32) -> u64 {
+pub(crate) fn str_to_u64(text: &str, radix: u32) -> u64 {
     let mut s = text.trim_start();
     let mut negative = false;
     if let Some(rest) = s.strip_prefix('-') {
