@@ -6,6 +6,7 @@
 //! [`Node::poll_event`]. Each turn handles one input, so a flood of datagrams cannot starve
 //! the API or the timer for long (select picks among ready branches at random).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,36 @@ const RECEIVE_BUFFER: usize = 65_536;
 const MAX_PENDING_ECHOES: usize = 1024;
 /// How often the taps' multicast groups are read from the OS.
 const MULTICAST_SCAN_PERIOD: Duration = Duration::from_secs(5);
+
+/// A container endpoint's virtual port, as the driver sees it: where its node's frames go
+/// and what its network's config changes. The real one is a tap in the container's
+/// namespace; tests use channels.
+pub trait EndpointPort: Send {
+    /// A frame for the endpoint's interface.
+    fn deliver(&mut self, frame: &[u8]);
+    /// A new config of the endpoint's network (addresses, routes, MTU to apply).
+    fn configure(&mut self, config: &node_core::vl2::config::NetworkConfig);
+}
+
+/// A frame from an endpoint's interface, tagged with the endpoint's node address.
+pub type EndpointFrame = (Address, Vec<u8>);
+
+/// A container endpoint: a ZeroTier member of its own on one network, hosted on the agent's
+/// UDP port next to the host's node.
+pub struct Endpoint {
+    /// The caller's stable key (pod, container, endpoint).
+    pub key: String,
+    pub network: node_core::vl2::NetworkId,
+    pub node: Node,
+    pub port: Box<dyn EndpointPort>,
+}
+
+/// Where a datagram goes: the node its destination field names, else the host's node (which
+/// relays, when it is a root, or drops).
+pub fn datagram_destination(datagram: &[u8]) -> Option<Address> {
+    // Packets and fragments both carry the destination at bytes 8..13.
+    datagram.get(8..13).map(Address::from_bytes)
+}
 
 /// Why the driver stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +115,9 @@ pub struct Driver<T: Transport> {
     tap_frames: Option<mpsc::Receiver<TapFrame>>,
     /// The network controller for networks under our address.
     controller: Option<ControllerService>,
+    /// Container endpoints by node address.
+    endpoints: BTreeMap<Address, Endpoint>,
+    endpoint_frames: Option<mpsc::Receiver<EndpointFrame>>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -105,6 +139,59 @@ impl<T: Transport> Driver<T> {
             ports: None,
             tap_frames: None,
             controller: None,
+            endpoints: BTreeMap::new(),
+            endpoint_frames: None,
+        }
+    }
+
+    /// Frames from endpoints' interfaces come on `frames`.
+    pub fn with_endpoint_frames(mut self, frames: mpsc::Receiver<EndpointFrame>) -> Self {
+        self.endpoint_frames = Some(frames);
+        self
+    }
+
+    /// Hosts an endpoint's node (already joined to its network) from now on.
+    pub fn add_endpoint(&mut self, endpoint: Endpoint) {
+        let address = endpoint.node.address();
+        tracing::info!(key = %endpoint.key, %address, network = %endpoint.network, "endpoint added");
+        self.endpoints.insert(address, endpoint);
+    }
+
+    /// Stops hosting an endpoint; its port goes with it.
+    pub fn remove_endpoint(&mut self, address: Address) -> Option<Endpoint> {
+        self.endpoints.remove(&address)
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    /// The earliest deadline of all hosted nodes.
+    fn next_deadline(&self) -> Timestamp {
+        self.endpoints
+            .values()
+            .map(|e| e.node.poll_timeout())
+            .fold(self.node.poll_timeout(), Timestamp::min)
+    }
+
+    /// Fires the timers that are due, on every node.
+    fn handle_timeouts(&mut self, now: Timestamp) {
+        if now >= self.node.poll_timeout() {
+            self.node.handle_timeout(now);
+        }
+        for endpoint in self.endpoints.values_mut() {
+            if now >= endpoint.node.poll_timeout() {
+                endpoint.node.handle_timeout(now);
+            }
+        }
+    }
+
+    /// One datagram, to the node it is addressed to.
+    fn handle_datagram(&mut self, from: SocketAddr, data: &[u8]) {
+        let now = wall_clock();
+        match datagram_destination(data).and_then(|a| self.endpoints.get_mut(&a)) {
+            Some(endpoint) => endpoint.node.handle_datagram(now, from, data),
+            None => self.node.handle_datagram(now, from, data),
         }
     }
 
@@ -155,27 +242,34 @@ impl<T: Transport> Driver<T> {
         let mut buf = vec![0u8; RECEIVE_BUFFER];
         self.restore_networks();
         let mut tap_frames = self.tap_frames.take();
+        let mut endpoint_frames = self.endpoint_frames.take();
         let mut multicast_scan = tokio::time::interval(MULTICAST_SCAN_PERIOD);
         // Anything the node queued at construction (first HELLOs) goes out now.
         self.flush().await?;
         loop {
-            let deadline = self.node.poll_timeout();
+            let deadline = self.next_deadline();
             let wake = instant_of(deadline, wall_clock());
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 received = self.transport.recv(&mut buf) => match received {
-                    Ok((len, from)) => self.node.handle_datagram(wall_clock(), from, &buf[..len]),
+                    Ok((len, from)) => self.handle_datagram(from, &buf[..len]),
                     Err(e) => tracing::debug!("UDP receive failed: {e}"),
                 },
                 Some(request) = self.requests.recv() => self.handle_request(request),
                 Some((network_id, frame)) = recv_frame(&mut tap_frames) => {
                     self.node.handle_tap_frame(wall_clock(), network_id, &frame);
                 }
+                Some((address, frame)) = recv_frame(&mut endpoint_frames) => {
+                    if let Some(endpoint) = self.endpoints.get_mut(&address) {
+                        let network = endpoint.network;
+                        endpoint.node.handle_tap_frame(wall_clock(), network, &frame);
+                    }
+                }
                 _ = multicast_scan.tick() => self.scan_multicast_groups(),
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = wall_clock();
                     if now >= deadline {
-                        self.node.handle_timeout(now);
+                        self.handle_timeouts(now);
                     }
                 }
             }
@@ -196,6 +290,20 @@ impl<T: Transport> Driver<T> {
         }
         while let Some(event) = self.node.poll_event() {
             self.handle_event(event)?;
+        }
+        for endpoint in self.endpoints.values_mut() {
+            while let Some(transmit) = endpoint.node.poll_transmit() {
+                if let Err(e) = self
+                    .transport
+                    .send(transmit.to, &transmit.data, transmit.ttl)
+                    .await
+                {
+                    tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
+                }
+            }
+            while let Some(event) = endpoint.node.poll_event() {
+                handle_endpoint_event(endpoint, event, self.home.as_ref());
+            }
         }
         // Requests whose HTTP side gave up (timeout, closed connection) are forgotten.
         self.pending_echoes.retain(|p| !p.reply.is_closed());
@@ -567,8 +675,39 @@ impl<T: Transport> Driver<T> {
     }
 }
 
-/// The next frame from the taps, or never when the driver has no ports.
-async fn recv_frame(frames: &mut Option<mpsc::Receiver<TapFrame>>) -> Option<TapFrame> {
+/// What an endpoint's node asks of its host.
+fn handle_endpoint_event(endpoint: &mut Endpoint, event: Event, home: Option<&Home>) {
+    match event {
+        Event::Frame { network_id, frame } if network_id == endpoint.network => {
+            endpoint.port.deliver(&frame);
+        }
+        Event::NetworkConfigUpdated {
+            network_id, config, ..
+        } if network_id == endpoint.network => {
+            tracing::info!(key = %endpoint.key, network = %network_id, "endpoint config updated");
+            endpoint.port.configure(&config);
+        }
+        Event::NetworkStatusChanged { network_id, status } => {
+            tracing::info!(key = %endpoint.key, network = %network_id, status = status.as_str(), "endpoint network status");
+        }
+        Event::PeerLearned(identity) => {
+            if let Some(home) = home.cloned() {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = home.save_peer(&identity) {
+                        tracing::warn!("cannot cache a peer identity: {e}");
+                    }
+                });
+            }
+        }
+        Event::IdentityCollision => {
+            tracing::error!(key = %endpoint.key, "endpoint identity collides with another node's");
+        }
+        other => tracing::debug!(key = %endpoint.key, "endpoint event ignored: {other:?}"),
+    }
+}
+
+/// The next frame from a channel, or never when there is none.
+async fn recv_frame<F>(frames: &mut Option<mpsc::Receiver<F>>) -> Option<F> {
     match frames {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -580,4 +719,153 @@ fn instant_of(deadline: Timestamp, now: Timestamp) -> Instant {
     let wait = u64::try_from(deadline.as_millis().saturating_sub(now.as_millis())).unwrap_or(0);
     // A far-off deadline is capped so an absurd value cannot overflow Instant.
     Instant::now() + Duration::from_millis(wait.min(ECHO_TIMEOUT.as_millis() as u64 * 12))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::mkworld::WorldSpec;
+    use crate::home::tests::TempDir;
+    use crate::transport::UdpTransport;
+    use node_core::node::NodeConfig;
+    use node_core::vl2::config::NetworkConfig;
+    use node_core::vl2::NetworkId;
+    use node_core::Identity;
+    use rand_core::OsRng;
+
+    /// A port whose frames and configs land in channels.
+    struct ChannelPort {
+        frames: mpsc::UnboundedSender<Vec<u8>>,
+        configs: mpsc::UnboundedSender<NetworkConfig>,
+    }
+
+    impl EndpointPort for ChannelPort {
+        fn deliver(&mut self, frame: &[u8]) {
+            let _ = self.frames.send(frame.to_vec());
+        }
+        fn configure(&mut self, config: &NetworkConfig) {
+            let _ = self.configs.send(config.clone());
+        }
+    }
+
+    #[test]
+    fn datagrams_are_routed_by_their_destination_field() {
+        let mut packet = vec![0u8; 28];
+        packet[8..13].copy_from_slice(&[0x01, 0x23, 0x45, 0x67, 0x89]);
+        assert_eq!(
+            datagram_destination(&packet),
+            Some(Address::from_u64(0x01_2345_6789))
+        );
+        assert_eq!(datagram_destination(&packet[..12]), None);
+    }
+
+    /// One agent's UDP port hosts its own node (root and controller) and two endpoint nodes
+    /// on one of its networks: the endpoints get configs from the controller and a frame
+    /// from one reaches the other, all through the one socket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn endpoints_share_the_agents_port() {
+        let ids: Vec<Identity> = (0..3).map(|_| Identity::generate(&mut OsRng)).collect();
+        let transport = UdpTransport::bind(0).expect("bind");
+        let port = transport.port().expect("port");
+        let mut spec = crate::cli::mkworld::template(
+            node_core::world::WorldKind::Planet,
+            &[ids[0].public_only()],
+        );
+        spec["roots"][0]["stableEndpoints"] = serde_json::json!([format!("127.0.0.1/{port}")]);
+        let planet = WorldSpec::parse(&spec.to_string(), 1).expect("spec").make();
+        let now = wall_clock();
+        let host = Node::new(NodeConfig::new(ids[0].clone(), planet.clone()), now);
+
+        let dir = TempDir::new("endpoints");
+        let mut controller =
+            ControllerService::open(dir.path(), ids[0].clone(), 7).expect("controller");
+        let created = controller.handle_http(
+            now,
+            "POST",
+            "/controller/network",
+            br#"{"v4AssignMode":{"zt":true},"ipAssignmentPools":[{"ipRangeStart":"10.147.20.10","ipRangeEnd":"10.147.20.99"}],"routes":[{"target":"10.147.20.0/24"}]}"#,
+        );
+        let nwid_text = created.body["id"].as_str().expect("id").to_string();
+        let nwid = NetworkId(u64::from_str_radix(&nwid_text, 16).expect("hex"));
+        for id in &ids[1..] {
+            let answer = controller.handle_http(
+                now,
+                "POST",
+                &format!("/controller/network/{nwid_text}/member/{}", id.address()),
+                br#"{"authorized":true}"#,
+            );
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+        }
+
+        let (_requests_tx, requests) = mpsc::channel(4);
+        let local = LocalInfo {
+            port,
+            home_dir: dir.path().to_path_buf(),
+        };
+        let (frames_tx, frames_rx) = mpsc::channel(16);
+        let mut driver = Driver::new(host, transport, None, requests, local)
+            .with_controller(controller)
+            .with_endpoint_frames(frames_rx);
+        let mut delivered = Vec::new();
+        let mut configured = Vec::new();
+        for (i, id) in ids[1..].iter().enumerate() {
+            let (ftx, frx) = mpsc::unbounded_channel();
+            let (ctx, crx) = mpsc::unbounded_channel();
+            let mut config = NodeConfig::new(id.clone(), planet.clone());
+            config.rng_seed = i as u64;
+            let mut node = Node::new(config, now);
+            node.join(now, nwid, None);
+            driver.add_endpoint(Endpoint {
+                key: format!("test/{i}"),
+                network: nwid,
+                node,
+                port: Box::new(ChannelPort {
+                    frames: ftx,
+                    configs: ctx,
+                }),
+            });
+            delivered.push(frx);
+            configured.push(crx);
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(driver.run(async move {
+            let _ = stopped.await;
+        }));
+
+        for (i, configs) in configured.iter_mut().enumerate() {
+            let config = tokio::time::timeout(Duration::from_secs(15), configs.recv())
+                .await
+                .unwrap_or_else(|_| panic!("endpoint {i} got no config"))
+                .expect("config");
+            assert_eq!(config.issued_to, ids[i + 1].address());
+            assert_eq!(config.static_ips.len(), 1, "one IPv4 address from the pool");
+        }
+        // A unicast frame from endpoint 0's MAC to endpoint 1's.
+        let (a, b) = (ids[1].address(), ids[2].address());
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&Mac::from_address(b, nwid).0);
+        frame.extend_from_slice(&Mac::from_address(a, nwid).0);
+        frame.extend_from_slice(&0x0800u16.to_be_bytes());
+        frame.extend_from_slice(b"\x45\x00\x00\x14 a frame between endpoints");
+        let mut got = None;
+        for _ in 0..20 {
+            frames_tx
+                .send((a, frame.clone()))
+                .await
+                .expect("driver runs");
+            if let Ok(Some(f)) =
+                tokio::time::timeout(Duration::from_millis(500), delivered[1].recv()).await
+            {
+                got = Some(f);
+                break;
+            }
+        }
+        assert_eq!(
+            got.as_deref(),
+            Some(&frame[..]),
+            "endpoint 1 receives the frame"
+        );
+        let _ = stop.send(());
+        task.await.expect("join").expect("clean stop");
+    }
 }
