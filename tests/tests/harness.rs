@@ -92,6 +92,16 @@ fn dropping_a_namespace_kills_its_processes() {
         .expect("start sleep in the namespace");
     let pid = sleeper.id();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // `ip netns exec` enters the namespace and then execs sleep: wait until it is inside,
+    // or the namespace has nothing to kill yet.
+    let inside = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        let listing = run_command("ip", ["netns", "pids", netns.name()]).ok()?;
+        String::from_utf8_lossy(&listing.stdout)
+            .split_whitespace()
+            .any(|p| p == pid.to_string())
+            .then_some(())
+    });
+    assert!(inside.is_some(), "sleep (pid {pid}) never entered its namespace");
     drop(netns);
     let exited = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
         sleeper.try_wait().ok().flatten()
