@@ -101,7 +101,10 @@ fn dropping_a_namespace_kills_its_processes() {
             .any(|p| p == pid.to_string())
             .then_some(())
     });
-    assert!(inside.is_some(), "sleep (pid {pid}) never entered its namespace");
+    assert!(
+        inside.is_some(),
+        "sleep (pid {pid}) never entered its namespace"
+    );
     drop(netns);
     let exited = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
         sleeper.try_wait().ok().flatten()
