@@ -10,6 +10,11 @@
 //! - [`ports`]: one tap per joined network; [`networks`]: `networks.d/` and `/network` JSON.
 //! - [`home`]: the home folder, laid out as ZeroTier One's.
 //! - [`tap`]: the Linux tap device of a virtual network; [`netconf`]: its addresses, routes, MTU.
+//! - [`endpoints`]: container endpoints' records and their tap in the container.
+//! - [`plumbing`]: moving endpoint interfaces into container namespaces and configuring them
+//!   there, on a thread of its own.
+//! - [`plugin_api`]: the Unix-socket JSON API the CNI plugin and Docker driver call;
+//!   [`plugin_client`]: its blocking client.
 //! - [`client`], [`cli`]: the command-line tools (idtool, mkworld, info, listpeers, echo,
 //!   join, leave, listnetworks, api).
 
@@ -19,9 +24,13 @@ pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod driver;
+pub mod endpoints;
 pub mod home;
 pub mod netconf;
 pub mod networks;
+pub mod plugin_api;
+pub mod plugin_client;
+pub mod plumbing;
 pub mod ports;
 pub mod tap;
 pub mod transport;

@@ -1,0 +1,279 @@
+//! Container endpoints (issue 4 groundwork): their records in `endpoints.d/` and the real
+//! virtual port of an endpoint, a tap the agent creates, moves into the container's network
+//! namespace and keeps the descriptor of.
+//!
+//! An endpoint record holds the endpoint's identity secret, so that a container coming back
+//! under the same key keeps its ZeroTier address and addresses; records are written
+//! atomically with mode 0600.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use node_core::vl2::config::{NetworkConfig, DEFAULT_MTU};
+use node_core::vl2::{Mac, NetworkId};
+use node_core::Address;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::driver::{EndpointFrame, EndpointPort};
+use crate::home::{write_atomic, SECRET_MODE};
+use crate::networks::{self, LocalSettings};
+use crate::plumbing::{LinkSpec, NetnsRef, NetnsWorker, PlumbingError};
+use crate::tap::Tap;
+
+pub const ENDPOINTS_DIR: &str = "endpoints.d";
+/// Longest endpoint key accepted (its hex form names the record's file).
+pub const MAX_KEY_LEN: usize = 100;
+/// Largest frame read from an endpoint's tap.
+const TAP_READ_BUFFER: usize = 10_000 + 14 + 4;
+
+/// What is kept of an endpoint across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointRecord {
+    /// The caller's stable key (e.g. `k8s/<namespace>/<pod>/<interface>`).
+    pub key: String,
+    /// 16 hex digits.
+    pub network: String,
+    /// The container's network namespace (a path).
+    pub netns: PathBuf,
+    pub if_name: String,
+    /// `identity.secret`'s text form.
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointStoreError {
+    #[error("endpoint key is empty or longer than {MAX_KEY_LEN} bytes")]
+    BadKey,
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// `endpoints.d/` in the home folder: one JSON record per endpoint key.
+#[derive(Clone, Debug)]
+pub struct EndpointStore {
+    dir: PathBuf,
+}
+
+impl EndpointStore {
+    pub fn new(home: &Path) -> Self {
+        Self {
+            dir: home.join(ENDPOINTS_DIR),
+        }
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, EndpointStoreError> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(EndpointStoreError::BadKey);
+        }
+        Ok(self.dir.join(format!("{}.json", hex::encode(key))))
+    }
+
+    pub fn save(&self, record: &EndpointRecord) -> Result<(), EndpointStoreError> {
+        let path = self.path_of(&record.key)?;
+        let io_error = |source| EndpointStoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(io_error)?;
+        let text = serde_json::to_vec(record).unwrap_or_default();
+        write_atomic(&path, &text, SECRET_MODE).map_err(io_error)
+    }
+
+    pub fn load(&self, key: &str) -> Result<Option<EndpointRecord>, EndpointStoreError> {
+        let path = self.path_of(key)?;
+        match fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(EndpointStoreError::Io { path, source }),
+        }
+    }
+
+    /// Every record that reads back; unreadable files are skipped (and logged).
+    pub fn load_all(&self) -> Vec<EndpointRecord> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<EndpointRecord>(&b).ok())
+            {
+                Some(record) => out.push(record),
+                None => tracing::warn!("skipping unreadable endpoint record {}", path.display()),
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Forgets an endpoint; forgetting an unknown one is not an error.
+    pub fn remove(&self, key: &str) -> Result<bool, EndpointStoreError> {
+        let path = self.path_of(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(EndpointStoreError::Io { path, source }),
+        }
+    }
+}
+
+/// An endpoint's tap, living in the container's namespace under the name the runtime asked
+/// for; the agent keeps its descriptor.
+pub struct TapEndpointPort {
+    tap: Arc<Tap>,
+    worker: NetnsWorker,
+    netns: NetnsRef,
+    if_name: String,
+    mac: Mac,
+    reader: JoinHandle<()>,
+}
+
+impl TapEndpointPort {
+    /// Creates the tap in our namespace under a temporary name, moves it into `netns` as
+    /// `if_name`, gives it its MAC and MTU and brings it up; its frames go to `frames`
+    /// tagged with `address`. Must run inside a tokio runtime.
+    pub async fn open(
+        worker: NetnsWorker,
+        address: Address,
+        network: NetworkId,
+        netns: NetnsRef,
+        if_name: &str,
+        frames: mpsc::Sender<EndpointFrame>,
+    ) -> Result<Self, PlumbingError> {
+        let mac = Mac::from_address(address, network);
+        // A name unique on this host while the tap is still ours.
+        let temporary = format!("zte{}", &address.to_string()[..8]);
+        let tap = Tap::create(&temporary, mac.0, DEFAULT_MTU)
+            .map_err(|e| PlumbingError::InvalidInput(format!("cannot create a tap: {e}")))?;
+        let tap = Arc::new(tap);
+        worker.move_link(&temporary, netns.clone(), if_name).await?;
+        let spec = LinkSpec {
+            mac: mac.0,
+            mtu: DEFAULT_MTU,
+            up: true,
+            ..LinkSpec::default()
+        };
+        worker.configure(netns.clone(), if_name, spec).await?;
+        let reader = tokio::spawn(read_frames(address, tap.clone(), frames));
+        Ok(Self {
+            tap,
+            worker,
+            netns,
+            if_name: if_name.to_string(),
+            mac,
+            reader,
+        })
+    }
+}
+
+impl Drop for TapEndpointPort {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl EndpointPort for TapEndpointPort {
+    fn deliver(&mut self, frame: &[u8]) {
+        if let Err(e) = self.tap.send(frame) {
+            tracing::debug!(interface = %self.if_name, "endpoint tap write failed: {e}");
+        }
+    }
+
+    fn configure(&mut self, config: &NetworkConfig) {
+        let settings = LocalSettings::default();
+        let spec = LinkSpec {
+            mac: self.mac.0,
+            mtu: config.mtu,
+            addresses: networks::managed_addresses(config, &settings),
+            routes: networks::managed_routes(config, &settings),
+            default_route_via: None,
+            up: true,
+        };
+        let (worker, netns, if_name) = (
+            self.worker.clone(),
+            self.netns.clone(),
+            self.if_name.clone(),
+        );
+        // Netlink work happens on the worker's thread; the packet loop does not wait for it.
+        tokio::spawn(async move {
+            if let Err(e) = worker.configure(netns, &if_name, spec).await {
+                tracing::warn!(interface = %if_name, "cannot configure the endpoint: {e}");
+            }
+        });
+    }
+}
+
+async fn read_frames(address: Address, tap: Arc<Tap>, frames: mpsc::Sender<EndpointFrame>) {
+    let mut buf = vec![0u8; TAP_READ_BUFFER];
+    loop {
+        match tap.recv(&mut buf).await {
+            Ok(0) => continue,
+            Ok(len) => {
+                if frames.send((address, buf[..len].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(%address, "endpoint tap read failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::tests::TempDir;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn record(key: &str) -> EndpointRecord {
+        EndpointRecord {
+            key: key.to_string(),
+            network: "8056c2e21c000001".into(),
+            netns: "/var/run/netns/c1".into(),
+            if_name: "eth0".into(),
+            identity: "0123456789:0:00:00".into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_privately() {
+        let dir = TempDir::new("endpoints");
+        let store = EndpointStore::new(dir.path());
+        assert!(store.load_all().is_empty());
+        let a = record("k8s/default/web-0/eth0");
+        let b = record("docker/6f1e");
+        store.save(&a).unwrap();
+        store.save(&b).unwrap();
+        assert_eq!(store.load(&a.key).unwrap(), Some(a.clone()));
+        assert_eq!(store.load_all(), vec![b.clone(), a.clone()]);
+        let file = dir
+            .path()
+            .join(ENDPOINTS_DIR)
+            .join(format!("{}.json", hex::encode(&a.key)));
+        let mode = fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "records hold identity secrets");
+        assert!(store.remove(&a.key).unwrap());
+        assert!(!store.remove(&a.key).unwrap(), "removing twice is harmless");
+        assert_eq!(store.load_all(), vec![b]);
+        assert!(matches!(
+            store.save(&record("")),
+            Err(EndpointStoreError::BadKey)
+        ));
+        assert!(matches!(
+            store.save(&record(&"k".repeat(MAX_KEY_LEN + 1))),
+            Err(EndpointStoreError::BadKey)
+        ));
+    }
+}

@@ -1,0 +1,813 @@
+//! Container namespace plumbing: moving an endpoint's interface into a container's network
+//! namespace, renaming it, giving it its MAC, MTU, addresses and routes, and removing it.
+//!
+//! `setns(2)` changes the namespace of the calling *thread* only. Doing it on a tokio worker
+//! thread would leave every task later scheduled there in the container's namespace, so all
+//! of this runs on one dedicated OS thread owned by a [`NetnsWorker`]. Callers send it jobs
+//! over a channel and await the reply; the thread runs them one at a time on a small
+//! current-thread runtime of its own.
+//!
+//! A netlink socket belongs to the namespace it was created in, whatever the creating thread
+//! does later. So for each job the thread enters the target namespace only long enough to open
+//! its netlink socket, then returns to its own namespace (the agent's) before sending any
+//! request. The thread is therefore never found in a container's namespace between jobs.
+//!
+//! Interfaces are moved out of the namespace the worker was started in: the agent creates
+//! taps ([`crate::tap::Tap`]) in its own namespace and keeps their descriptors, which go on
+//! carrying frames wherever the interface is moved.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use nix::sched::{setns, CloneFlags};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::netconf::{ManagedRoute, PrefixedAddr};
+
+/// `ENODEV`: the kernel's answer when a named or indexed interface does not exist.
+const ERRNO_NO_SUCH_DEVICE: i32 = 19;
+/// `EEXIST`: an address or route that is already there.
+const ERRNO_EXISTS: i32 = 17;
+/// The thread's own network namespace, as seen from that thread.
+const OWN_NETNS_PATH: &str = "/proc/thread-self/ns/net";
+
+/// A network namespace to work in.
+#[derive(Clone, Debug)]
+pub enum NetnsRef {
+    /// A file that stands for the namespace: a bind mount such as `/var/run/netns/NAME`, or
+    /// `/proc/PID/ns/net` of a process inside it. Opened anew for each job, so a deleted
+    /// namespace or an exited process is noticed.
+    Path(PathBuf),
+    /// An open descriptor of the namespace (which keeps the namespace alive while held).
+    Fd(Arc<OwnedFd>),
+}
+
+impl NetnsRef {
+    /// The namespace bound at `path`.
+    pub fn path(path: impl Into<PathBuf>) -> Self {
+        Self::Path(path.into())
+    }
+
+    /// The namespace `ip netns add NAME` created (`/var/run/netns/NAME`).
+    pub fn named(name: &str) -> Self {
+        Self::Path(PathBuf::from("/var/run/netns").join(name))
+    }
+
+    /// The namespace the process `pid` is in (`/proc/PID/ns/net`).
+    pub fn of_process(pid: u32) -> Self {
+        Self::Path(PathBuf::from(format!("/proc/{pid}/ns/net")))
+    }
+
+    /// The namespace `fd` refers to.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self::Fd(Arc::new(fd))
+    }
+
+    /// Opens the namespace, or says it is gone (`Ok(None)`).
+    fn open(&self) -> Result<Option<OpenNetns<'_>>, PlumbingError> {
+        match self {
+            Self::Path(path) => match File::open(path) {
+                Ok(file) => Ok(Some(OpenNetns::File(file))),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(PlumbingError::OpenNamespace {
+                    netns: self.to_string(),
+                    source,
+                }),
+            },
+            Self::Fd(fd) => Ok(Some(OpenNetns::Borrowed(fd.as_fd()))),
+        }
+    }
+}
+
+impl fmt::Display for NetnsRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path(path) => write!(f, "{}", path.display()),
+            Self::Fd(fd) => write!(f, "fd {}", fd.as_raw_fd()),
+        }
+    }
+}
+
+/// A namespace opened for one job.
+enum OpenNetns<'a> {
+    File(File),
+    Borrowed(BorrowedFd<'a>),
+}
+
+impl AsFd for OpenNetns<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::File(file) => file.as_fd(),
+            Self::Borrowed(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// What an endpoint's interface should look like inside its namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// The interface's MAC address.
+    pub mac: [u8; 6],
+    /// The MTU (Ethernet payload bytes).
+    pub mtu: u32,
+    /// Addresses with their prefix lengths. IPv6 ones are added without duplicate address
+    /// detection, so they are usable at once.
+    pub addresses: Vec<PrefixedAddr>,
+    /// Routes out of the interface, through a gateway or on-link. Host bits in a target are
+    /// ignored.
+    pub routes: Vec<ManagedRoute>,
+    /// A default route (`0.0.0.0/0` or `::/0`, by the gateway's family) through this gateway.
+    /// A default route already present in the namespace is left as it is.
+    pub default_route_via: Option<IpAddr>,
+    /// Whether the interface is brought up (or, if false, down). Routes through a gateway
+    /// need it up.
+    pub up: bool,
+}
+
+/// A plumbing job that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbingError {
+    /// The request was unusable; nothing was changed.
+    #[error("invalid plumbing request: {0}")]
+    InvalidInput(String),
+    /// The namespace no longer exists (its bind mount was removed, its process exited).
+    #[error("network namespace {netns} does not exist")]
+    NamespaceGone { netns: String },
+    /// The namespace's file could not be opened for another reason.
+    #[error("cannot open network namespace {netns}: {source}")]
+    OpenNamespace {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    /// `setns` into the namespace failed (not a network namespace, no permission).
+    #[error("cannot enter network namespace {netns}: {source}")]
+    EnterNamespace {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    /// No netlink socket could be opened in the namespace.
+    #[error("cannot open a netlink socket in network namespace {netns}: {source}")]
+    Connect {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The interface is not in the namespace.
+    #[error("no interface {ifname} in network namespace {netns}")]
+    NoSuchLink { ifname: String, netns: String },
+    /// The interface name asked for is already taken in the namespace.
+    #[error("an interface named {ifname} already exists in network namespace {netns}")]
+    NameTaken { ifname: String, netns: String },
+    /// The kernel refused a netlink request.
+    #[error("{operation} on interface {ifname} in network namespace {netns} failed: {source}")]
+    Netlink {
+        operation: String,
+        ifname: String,
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The worker thread could not return to its own namespace after entering another one;
+    /// it stopped rather than do later jobs from the wrong place.
+    #[error("the plumbing thread could not leave network namespace {netns}: {source}")]
+    ReturnToOwnNamespace {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The worker thread has stopped.
+    #[error("the network namespace plumbing thread has stopped")]
+    WorkerGone,
+}
+
+/// The owner of the plumbing thread. Cloning shares the thread; it ends once every clone is
+/// dropped and its last job is done.
+#[derive(Clone, Debug)]
+pub struct NetnsWorker {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, PlumbingError>>;
+
+enum Job {
+    MoveLink {
+        ifname: String,
+        netns: NetnsRef,
+        new_name: String,
+        reply: Reply<()>,
+    },
+    Configure {
+        netns: NetnsRef,
+        ifname: String,
+        spec: LinkSpec,
+        reply: Reply<()>,
+    },
+    DeleteLink {
+        netns: NetnsRef,
+        ifname: String,
+        reply: Reply<bool>,
+    },
+    LinkExists {
+        netns: NetnsRef,
+        ifname: String,
+        reply: Reply<bool>,
+    },
+}
+
+impl NetnsWorker {
+    /// Starts the plumbing thread. Its own namespace, from which [`NetnsWorker::move_link`]
+    /// takes interfaces, is the calling thread's.
+    pub fn start() -> io::Result<Self> {
+        let own_netns = File::open(OWN_NETNS_PATH).map_err(|error| {
+            io::Error::new(error.kind(), format!("opening {OWN_NETNS_PATH}: {error}"))
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let (jobs, queue) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("zt-netns".to_owned())
+            .spawn(move || {
+                // A thread starts in its creator's namespace, but say so explicitly: the
+                // thread that called `start` may have entered another one in between.
+                if let Err(error) = setns(&own_netns, CloneFlags::CLONE_NEWNET) {
+                    tracing::error!("plumbing thread cannot enter its namespace: {error}");
+                    return;
+                }
+                let worker = Thread { own_netns };
+                runtime.block_on(worker.run(queue));
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Moves the interface `ifname` from the worker's own namespace into `netns` and renames
+    /// it `new_name` there. The interface arrives down. Fails with
+    /// [`PlumbingError::NameTaken`] (before moving anything) if `netns` already has an
+    /// interface called `new_name`.
+    pub async fn move_link(
+        &self,
+        ifname: &str,
+        netns: NetnsRef,
+        new_name: &str,
+    ) -> Result<(), PlumbingError> {
+        check_interface_name(ifname)?;
+        check_interface_name(new_name)?;
+        self.call(|reply| Job::MoveLink {
+            ifname: ifname.to_owned(),
+            netns,
+            new_name: new_name.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Gives the interface `ifname` in `netns` the MAC, MTU, addresses and routes of `spec`
+    /// and brings it up or down. Addresses and routes already present count as done, so
+    /// applying the same spec again is harmless. Nothing is removed: an address or route that
+    /// an earlier spec had and this one lacks stays.
+    pub async fn configure(
+        &self,
+        netns: NetnsRef,
+        ifname: &str,
+        spec: LinkSpec,
+    ) -> Result<(), PlumbingError> {
+        check_interface_name(ifname)?;
+        check_spec(&spec)?;
+        self.call(|reply| Job::Configure {
+            netns,
+            ifname: ifname.to_owned(),
+            spec,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes the interface `ifname` in `netns`. `Ok(false)` if there was nothing to delete:
+    /// no such interface, or no such namespace any more (deleting a namespace deletes its
+    /// interfaces, and a tap's device with them).
+    pub async fn delete_link(&self, netns: NetnsRef, ifname: &str) -> Result<bool, PlumbingError> {
+        check_interface_name(ifname)?;
+        self.call(|reply| Job::DeleteLink {
+            netns,
+            ifname: ifname.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Whether `netns` has an interface named `ifname`; `Ok(false)` if the namespace itself
+    /// is gone.
+    pub async fn link_exists(&self, netns: NetnsRef, ifname: &str) -> Result<bool, PlumbingError> {
+        check_interface_name(ifname)?;
+        self.call(|reply| Job::LinkExists {
+            netns,
+            ifname: ifname.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, PlumbingError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| PlumbingError::WorkerGone)?;
+        answer.await.map_err(|_| PlumbingError::WorkerGone)?
+    }
+}
+
+/// The state of the plumbing thread.
+struct Thread {
+    /// The namespace the thread returns to after opening a socket elsewhere.
+    own_netns: File,
+}
+
+/// A netlink connection into one namespace, for one job.
+struct Session {
+    handle: Handle,
+    connection: tokio::task::JoinHandle<()>,
+    netns: String,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Thread {
+    async fn run(self, mut queue: mpsc::UnboundedReceiver<Job>) {
+        while let Some(job) = queue.recv().await {
+            let stop = match job {
+                Job::MoveLink {
+                    ifname,
+                    netns,
+                    new_name,
+                    reply,
+                } => answer(reply, self.move_link(&ifname, &netns, &new_name).await),
+                Job::Configure {
+                    netns,
+                    ifname,
+                    spec,
+                    reply,
+                } => answer(reply, self.configure(&netns, &ifname, &spec).await),
+                Job::DeleteLink {
+                    netns,
+                    ifname,
+                    reply,
+                } => answer(reply, self.delete_link(&netns, &ifname).await),
+                Job::LinkExists {
+                    netns,
+                    ifname,
+                    reply,
+                } => answer(reply, self.link_exists(&netns, &ifname).await),
+            };
+            if stop {
+                tracing::error!("network namespace plumbing thread stopped");
+                return;
+            }
+        }
+    }
+
+    /// A session in the thread's own namespace.
+    fn own_session(&self) -> Result<Session, PlumbingError> {
+        let netns = "of the agent".to_owned();
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| PlumbingError::Connect {
+                netns: netns.clone(),
+                source,
+            })?;
+        Ok(Session {
+            handle,
+            connection: tokio::spawn(connection),
+            netns,
+        })
+    }
+
+    /// A session in `netns`, or `None` if the namespace is gone.
+    fn session_in(&self, netns: &NetnsRef) -> Result<Option<Session>, PlumbingError> {
+        let Some(target) = netns.open()? else {
+            return Ok(None);
+        };
+        let name = netns.to_string();
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+            PlumbingError::EnterNamespace {
+                netns: name.clone(),
+                source: errno.into(),
+            }
+        })?;
+        let connection = rtnetlink::new_connection();
+        if let Err(errno) = setns(&self.own_netns, CloneFlags::CLONE_NEWNET) {
+            return Err(PlumbingError::ReturnToOwnNamespace {
+                netns: name,
+                source: errno.into(),
+            });
+        }
+        let (connection, handle, _) = connection.map_err(|source| PlumbingError::Connect {
+            netns: name.clone(),
+            source,
+        })?;
+        Ok(Some(Session {
+            handle,
+            connection: tokio::spawn(connection),
+            netns: name,
+        }))
+    }
+
+    async fn move_link(
+        &self,
+        ifname: &str,
+        netns: &NetnsRef,
+        new_name: &str,
+    ) -> Result<(), PlumbingError> {
+        let gone = || PlumbingError::NamespaceGone {
+            netns: netns.to_string(),
+        };
+        let target = self.session_in(netns)?.ok_or_else(gone)?;
+        if target.index_of(new_name).await?.is_some() {
+            return Err(PlumbingError::NameTaken {
+                ifname: new_name.to_owned(),
+                netns: target.netns.clone(),
+            });
+        }
+        let own = self.own_session()?;
+        let index = own.existing_index_of(ifname).await?;
+        let target_fd = netns.open()?.ok_or_else(gone)?;
+        // One request moves and renames: the kernel renames after the move, so the new name
+        // only has to be free in the target, and the interface is down then (a move takes it
+        // down), as a rename requires.
+        let message = LinkUnspec::new_with_index(index)
+            .setns_by_fd(target_fd.as_fd().as_raw_fd())
+            .name(new_name)
+            .build();
+        own.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|error| {
+                own.failure(
+                    format!("moving to network namespace {netns} as {new_name}"),
+                    ifname,
+                    error,
+                )
+            })
+    }
+
+    async fn configure(
+        &self,
+        netns: &NetnsRef,
+        ifname: &str,
+        spec: &LinkSpec,
+    ) -> Result<(), PlumbingError> {
+        let session = self
+            .session_in(netns)?
+            .ok_or_else(|| PlumbingError::NamespaceGone {
+                netns: netns.to_string(),
+            })?;
+        let index = session.existing_index_of(ifname).await?;
+        let link = session.handle.link();
+
+        let mac_and_mtu = LinkUnspec::new_with_index(index)
+            .address(spec.mac.to_vec())
+            .mtu(spec.mtu)
+            .build();
+        link.set(mac_and_mtu)
+            .execute()
+            .await
+            .map_err(|error| session.failure("setting MAC and MTU".to_owned(), ifname, error))?;
+        let state = LinkUnspec::new_with_index(index);
+        let state = if spec.up { state.up() } else { state.down() };
+        link.set(state.build()).execute().await.map_err(|error| {
+            let verb = if spec.up { "up" } else { "down" };
+            session.failure(format!("bringing {verb}"), ifname, error)
+        })?;
+
+        // Addresses before routes: a gateway is reachable only once an address puts its
+        // subnet on the interface.
+        for &(address, prefix) in &spec.addresses {
+            let mut request = session.handle.address().add(index, address, prefix);
+            if address.is_ipv6() {
+                // Usable at once: the controller already made the address unique.
+                let message = request.message_mut();
+                message.header.flags |= AddressHeaderFlags::Nodad;
+                message
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            tolerate(request.execute().await, ERRNO_EXISTS).map_err(|error| {
+                session.failure(format!("adding address {address}/{prefix}"), ifname, error)
+            })?;
+        }
+
+        let default_route = spec.default_route_via.map(|gateway| ManagedRoute {
+            target: (unspecified_like(gateway), 0),
+            via: Some(gateway),
+        });
+        for route in spec.routes.iter().chain(default_route.as_ref()) {
+            let message = route_message(index, route);
+            tolerate(
+                session.handle.route().add(message).execute().await,
+                ERRNO_EXISTS,
+            )
+            .map_err(|error| session.failure(format!("adding route {route}"), ifname, error))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_link(&self, netns: &NetnsRef, ifname: &str) -> Result<bool, PlumbingError> {
+        let Some(session) = self.session_in(netns)? else {
+            return Ok(false);
+        };
+        let Some(index) = session.index_of(ifname).await? else {
+            return Ok(false);
+        };
+        match session.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            // Gone between the lookup and the deletion.
+            Err(error) if errno_of(&error) == Some(ERRNO_NO_SUCH_DEVICE) => Ok(false),
+            Err(error) => Err(session.failure("deleting".to_owned(), ifname, error)),
+        }
+    }
+
+    async fn link_exists(&self, netns: &NetnsRef, ifname: &str) -> Result<bool, PlumbingError> {
+        match self.session_in(netns)? {
+            Some(session) => Ok(session.index_of(ifname).await?.is_some()),
+            None => Ok(false),
+        }
+    }
+}
+
+impl Session {
+    /// The index of interface `ifname`, or `None` if there is none by that name.
+    async fn index_of(&self, ifname: &str) -> Result<Option<u32>, PlumbingError> {
+        let mut answers = self
+            .handle
+            .link()
+            .get()
+            .match_name(ifname.to_owned())
+            .execute();
+        match answers.try_next().await {
+            Ok(Some(link)) => Ok(Some(link.header.index)),
+            Ok(None) => Ok(None),
+            Err(error) if errno_of(&error) == Some(ERRNO_NO_SUCH_DEVICE) => Ok(None),
+            Err(error) => Err(self.failure("looking up".to_owned(), ifname, error)),
+        }
+    }
+
+    async fn existing_index_of(&self, ifname: &str) -> Result<u32, PlumbingError> {
+        self.index_of(ifname)
+            .await?
+            .ok_or_else(|| PlumbingError::NoSuchLink {
+                ifname: ifname.to_owned(),
+                netns: self.netns.clone(),
+            })
+    }
+
+    fn failure(&self, operation: String, ifname: &str, error: rtnetlink::Error) -> PlumbingError {
+        let source = match error {
+            rtnetlink::Error::NetlinkError(message) => message.to_io(),
+            other => io::Error::other(other.to_string()),
+        };
+        PlumbingError::Netlink {
+            operation,
+            ifname: ifname.to_owned(),
+            netns: self.netns.clone(),
+            source,
+        }
+    }
+}
+
+/// Sends `result` back; true if the thread must stop.
+fn answer<T>(reply: Reply<T>, result: Result<T, PlumbingError>) -> bool {
+    let stop = matches!(result, Err(PlumbingError::ReturnToOwnNamespace { .. }));
+    // A caller that gave up waiting is no reason to stop.
+    let _ = reply.send(result);
+    stop
+}
+
+/// The positive errno of a netlink refusal.
+fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// `result`, with a refusal for `errno` counted as success.
+fn tolerate(result: Result<(), rtnetlink::Error>, errno: i32) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(error) if errno_of(&error) == Some(errno) => Ok(()),
+        other => other,
+    }
+}
+
+fn route_message(index: u32, route: &ManagedRoute) -> rtnetlink::packet_route::route::RouteMessage {
+    // As `ip route add PREFIX dev IF`, a route without a gateway is to hosts on the link.
+    let scope = if route.via.is_none() {
+        RouteScope::Link
+    } else {
+        RouteScope::Universe
+    };
+    let (target, prefix) = route.target;
+    match network_address(target, prefix) {
+        IpAddr::V4(network) => {
+            let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(network, prefix)
+                .output_interface(index)
+                .scope(scope);
+            match route.via {
+                Some(IpAddr::V4(gateway)) => builder.gateway(gateway),
+                _ => builder,
+            }
+            .build()
+        }
+        IpAddr::V6(network) => {
+            let builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(network, prefix)
+                .output_interface(index)
+                .scope(scope);
+            match route.via {
+                Some(IpAddr::V6(gateway)) => builder.gateway(gateway),
+                _ => builder,
+            }
+            .build()
+        }
+    }
+}
+
+fn unspecified_like(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+fn network_address(address: IpAddr, prefix: u8) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+fn check_interface_name(ifname: &str) -> Result<(), PlumbingError> {
+    // IFNAMSIZ - 1; no separators that iproute2 or sysfs would trip over.
+    let acceptable = !ifname.is_empty()
+        && ifname.len() <= crate::tap::MAX_INTERFACE_NAME_LEN
+        && ifname != "."
+        && ifname != ".."
+        && !ifname
+            .bytes()
+            .any(|byte| byte == b'/' || byte == b':' || byte == 0 || byte.is_ascii_whitespace());
+    if acceptable {
+        Ok(())
+    } else {
+        Err(PlumbingError::InvalidInput(format!(
+            "{ifname:?} is not a valid Linux interface name"
+        )))
+    }
+}
+
+fn check_spec(spec: &LinkSpec) -> Result<(), PlumbingError> {
+    let invalid = |reason: String| Err(PlumbingError::InvalidInput(reason));
+    if spec.mac[0] & 0x01 != 0 || spec.mac == [0; 6] {
+        return invalid(format!(
+            "{} is not a unicast MAC address",
+            mac_text(spec.mac)
+        ));
+    }
+    for &(address, prefix) in &spec.addresses {
+        check_prefix(address, prefix)?;
+    }
+    for route in &spec.routes {
+        check_prefix(route.target.0, route.target.1)?;
+        if let Some(gateway) = route.via {
+            if gateway.is_ipv4() != route.target.0.is_ipv4() {
+                return invalid(format!("route {route} mixes address families"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_prefix(address: IpAddr, prefix: u8) -> Result<(), PlumbingError> {
+    let longest = if address.is_ipv4() { 32 } else { 128 };
+    if prefix > longest {
+        Err(PlumbingError::InvalidInput(format!(
+            "prefix length {prefix} is too long for {address}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_targets_lose_their_host_bits() {
+        assert_eq!(
+            network_address("10.213.230.77".parse().unwrap(), 24),
+            "10.213.230.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network_address("fd00:213:230::9".parse().unwrap(), 64),
+            "fd00:213:230::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network_address("10.1.2.3".parse().unwrap(), 0),
+            "0.0.0.0".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn specs_with_impossible_values_are_refused() {
+        let good = LinkSpec {
+            mac: [0x02, 0, 0, 0, 0, 1],
+            mtu: 2800,
+            ..LinkSpec::default()
+        };
+        assert!(check_spec(&good).is_ok());
+        let multicast_mac = LinkSpec {
+            mac: [0x33, 0x33, 0, 0, 0, 1],
+            ..good.clone()
+        };
+        assert!(check_spec(&multicast_mac).is_err());
+        let long_prefix = LinkSpec {
+            addresses: vec![("10.0.0.1".parse().unwrap(), 33)],
+            ..good.clone()
+        };
+        assert!(check_spec(&long_prefix).is_err());
+        let mixed_route = LinkSpec {
+            routes: vec![ManagedRoute {
+                target: ("fd00::".parse().unwrap(), 64),
+                via: Some("10.0.0.1".parse().unwrap()),
+            }],
+            ..good
+        };
+        assert!(check_spec(&mixed_route).is_err());
+        for bad_name in ["", "a/b", "eth0:1", "0123456789abcdef", "has space"] {
+            assert!(check_interface_name(bad_name).is_err(), "{bad_name:?}");
+        }
+        assert!(check_interface_name("eth0").is_ok());
+    }
+
+    #[test]
+    fn namespaces_are_named_in_errors() {
+        assert_eq!(NetnsRef::named("c1").to_string(), "/var/run/netns/c1");
+        assert_eq!(NetnsRef::of_process(42).to_string(), "/proc/42/ns/net");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_path_that_does_not_exist_is_gone() {
+        let worker = NetnsWorker::start().expect("start the plumbing thread");
+        let nowhere = NetnsRef::path("/nonexistent/ztpl-netns");
+        assert!(!worker.link_exists(nowhere.clone(), "eth0").await.unwrap());
+        assert!(!worker.delete_link(nowhere.clone(), "eth0").await.unwrap());
+        let error = worker
+            .configure(
+                nowhere,
+                "eth0",
+                LinkSpec {
+                    mac: [0x02, 0, 0, 0, 0, 1],
+                    mtu: 1500,
+                    ..LinkSpec::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, PlumbingError::NamespaceGone { .. }),
+            "{error}"
+        );
+    }
+}
