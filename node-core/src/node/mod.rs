@@ -1242,6 +1242,7 @@ impl Node {
             .insert(address, Peer::new(identity.clone(), key, now));
         self.events.push_back(Event::PeerLearned(identity));
         self.release_waiting(now, address);
+        self.controller_learned(now, address);
     }
 
     fn release_waiting(&mut self, now: Timestamp, address: Address) {

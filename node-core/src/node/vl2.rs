@@ -744,6 +744,21 @@ impl Node {
         );
     }
 
+    /// A controller became known (its identity arrived): networks of it still without a
+    /// config ask now instead of at the next 5 s tick (a request queued before may have
+    /// timed out while the root was still rate-limiting our first HELLO).
+    pub(super) fn controller_learned(&mut self, now: Timestamp, address: Address) {
+        let waiting: Vec<NetworkId> = self
+            .networks
+            .values()
+            .filter(|n| n.config.is_none() && n.id.controller() == address)
+            .map(|n| n.id)
+            .collect();
+        for network_id in waiting {
+            self.request_config(now, network_id);
+        }
+    }
+
     /// A NETWORK_CONFIG_REQUEST from a member.
     pub(super) fn handle_config_request(
         &mut self,
