@@ -105,7 +105,8 @@ done
 
 echo "==> starting zt-agent run in each namespace"
 for name in "${names[@]}"; do
-    in_ns "$name" "$agent" run --home "$work/$name" --port "$port" >"$work/$name.log" 2>&1 &
+    in_ns "$name" "$agent" run --home "$work/$name" --port "$port" \
+        --socket "$work/$name/agent.sock" >"$work/$name.log" 2>&1 &
 done
 
 for name in "${names[@]}"; do

@@ -15,11 +15,17 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
 use crate::controller::ControllerService;
+use crate::driver::PluginState;
 use crate::driver::{wall_clock, Driver, LocalInfo};
+use crate::endpoint_manager::DriverEndpointManager;
+use crate::endpoints::EndpointStore;
 use crate::home::{Home, PLANET};
 use crate::networks::NetworksDir;
+use crate::plugin_api::{self, PluginApiServer};
+use crate::plumbing::NetnsWorker;
 use crate::ports::{self, Ports};
 use crate::transport::UdpTransport;
+use std::sync::Arc;
 
 /// API requests queued for the driver before HTTP handlers wait.
 const API_QUEUE: usize = 64;
@@ -32,12 +38,16 @@ pub struct RunOptions {
     pub port: u16,
     /// Address the local API listens on.
     pub api_bind: IpAddr,
+    /// The plugin API's Unix socket; `None` serves none.
+    pub socket: Option<PathBuf>,
 }
 
 /// A started agent: sockets bound, home ready, API listening.
 pub struct Agent {
     driver: Driver<UdpTransport>,
     api_tasks: Vec<JoinHandle<()>>,
+    /// Removes its socket when dropped.
+    plugin_server: Option<PluginApiServer>,
     pub address: Address,
     pub port: u16,
     pub token: String,
@@ -124,12 +134,34 @@ impl Agent {
                 .context("cannot open the controller's records (controller.d)")?;
         let (frames_tx, frames_rx) = mpsc::channel(ports::FRAME_QUEUE);
         let ports = Ports::new(Some(NetworksDir::new(&options.home)), frames_tx);
-        let driver = Driver::new(node, transport, Some(home), requests_rx, local)
+        let mut driver = Driver::new(node, transport, Some(home), requests_rx, local)
             .with_ports(ports, frames_rx)
             .with_controller(controller);
+        let mut plugin_server = None;
+        if let Some(socket) = &options.socket {
+            let worker = NetnsWorker::start().context("cannot start the namespace worker")?;
+            let (plugin_tx, plugin_rx) = mpsc::channel(API_QUEUE);
+            let (endpoint_tx, endpoint_rx) = mpsc::channel(ports::FRAME_QUEUE);
+            let manager = Arc::new(DriverEndpointManager::new(plugin_tx.clone()));
+            let server = plugin_api::spawn(socket, manager)
+                .await
+                .with_context(|| format!("cannot serve the plugin API on {}", socket.display()))?;
+            tracing::info!("plugin API on {}", socket.display());
+            plugin_server = Some(server);
+            driver = driver
+                .with_endpoint_frames(endpoint_rx)
+                .with_plugin(PluginState::new(
+                    plugin_rx,
+                    plugin_tx,
+                    worker,
+                    EndpointStore::new(&options.home),
+                    endpoint_tx,
+                ));
+        }
         Ok(Self {
             driver,
             api_tasks,
+            plugin_server,
             address,
             port,
             token,
@@ -141,6 +173,9 @@ impl Agent {
         let result = self.driver.run(shutdown).await;
         for task in &self.api_tasks {
             task.abort();
+        }
+        if let Some(server) = self.plugin_server {
+            server.shutdown();
         }
         if result.is_ok() {
             tracing::info!("node stopped");
@@ -210,6 +245,7 @@ mod tests {
             home: home.root().to_path_buf(),
             port,
             api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            socket: None,
         };
         let agent = Agent::start(&options).await.expect("agent starts");
         let address = agent.address;

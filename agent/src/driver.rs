@@ -25,10 +25,19 @@ use crate::api::{
     StatusSettings, ECHO_TIMEOUT,
 };
 use crate::controller::ControllerService;
+use crate::endpoint_manager::{describe, PluginRequest};
+use crate::endpoints::{EndpointRecord, EndpointStore, TapEndpointPort};
 use crate::home::Home;
 use crate::networks::LocalSettings;
+use crate::plugin_api::{
+    ApiError, AttachRequest, DetachResponse, Endpoint as PluginEndpoint, EndpointKey, EndpointRef,
+    EndpointState, ErrorCode as ApiErrorCode, GcResponse, Status,
+};
+use crate::plumbing::{NetnsRef, NetnsWorker};
 use crate::ports::{Ports, TapFrame};
 use crate::transport::Transport;
+use node_core::node::NodeConfig;
+use node_core::Identity;
 
 /// Large enough for any UDP datagram.
 const RECEIVE_BUFFER: usize = 65_536;
@@ -58,6 +67,8 @@ pub struct Endpoint {
     pub network: node_core::vl2::NetworkId,
     pub node: Node,
     pub port: Box<dyn EndpointPort>,
+    /// The plugin API request that made it, when one did.
+    pub request: Option<crate::plugin_api::AttachRequest>,
 }
 
 /// Where a datagram goes: the node its destination field names, else the host's node (which
@@ -118,6 +129,45 @@ pub struct Driver<T: Transport> {
     /// Container endpoints by node address.
     endpoints: BTreeMap<Address, Endpoint>,
     endpoint_frames: Option<mpsc::Receiver<EndpointFrame>>,
+    /// The plugin API's requests, when the agent serves one.
+    plugin: Option<PluginState>,
+}
+
+/// What serving the plugin API takes.
+pub struct PluginState {
+    pub requests: mpsc::Receiver<PluginRequest>,
+    /// For helper tasks to hand their results back.
+    pub loopback: mpsc::Sender<PluginRequest>,
+    pub worker: NetnsWorker,
+    pub store: EndpointStore,
+    pub frames: mpsc::Sender<EndpointFrame>,
+    waiters: Vec<AttachWaiter>,
+}
+
+impl PluginState {
+    pub fn new(
+        requests: mpsc::Receiver<PluginRequest>,
+        loopback: mpsc::Sender<PluginRequest>,
+        worker: NetnsWorker,
+        store: EndpointStore,
+        frames: mpsc::Sender<EndpointFrame>,
+    ) -> Self {
+        Self {
+            requests,
+            loopback,
+            worker,
+            store,
+            frames,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+/// An attach waiting for its endpoint to be configured (or for its deadline).
+struct AttachWaiter {
+    address: Address,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<crate::plugin_api::Endpoint, crate::plugin_api::ApiError>>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -141,7 +191,14 @@ impl<T: Transport> Driver<T> {
             controller: None,
             endpoints: BTreeMap::new(),
             endpoint_frames: None,
+            plugin: None,
         }
+    }
+
+    /// Serves the plugin API's requests.
+    pub fn with_plugin(mut self, plugin: PluginState) -> Self {
+        self.plugin = Some(plugin);
+        self
     }
 
     /// Frames from endpoints' interfaces come on `frames`.
@@ -164,6 +221,301 @@ impl<T: Transport> Driver<T> {
 
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.values()
+    }
+
+    /// Endpoints of earlier runs, made again in their containers (skipped when the
+    /// container's namespace is gone).
+    fn restore_endpoints(&mut self) {
+        let Some(plugin) = &self.plugin else {
+            return;
+        };
+        for record in plugin.store.load_all() {
+            let Some(request) = record
+                .attach
+                .clone()
+                .and_then(|v| serde_json::from_value::<AttachRequest>(v).ok())
+            else {
+                continue;
+            };
+            if !record.netns.exists() {
+                tracing::info!(key = %record.key, "container namespace gone; endpoint not restored");
+                continue;
+            }
+            let (reply, _) = oneshot::channel();
+            tracing::info!(key = %record.key, "restoring endpoint");
+            self.start_attach(request, reply);
+        }
+    }
+
+    /// Attach, first half: the identity (kept per key) and the tap moved into the container,
+    /// done off the loop; the result comes back as [`PluginRequest::Opened`].
+    fn start_attach(
+        &mut self,
+        request: AttachRequest,
+        reply: oneshot::Sender<Result<PluginEndpoint, ApiError>>,
+    ) {
+        let Some(plugin) = &self.plugin else {
+            let _ = reply.send(Err(ApiError::new(
+                ApiErrorCode::Unavailable,
+                "no plugin API",
+            )));
+            return;
+        };
+        let Some(netns) = request.netns.clone() else {
+            let _ = reply.send(Err(ApiError::new(
+                ApiErrorCode::UnsupportedOperation,
+                "an attach without a network namespace is not supported yet",
+            )));
+            return;
+        };
+        if !netns.exists() {
+            let _ = reply.send(Err(ApiError::netns_not_found(&netns)));
+            return;
+        }
+        let (store, worker, frames, loopback) = (
+            plugin.store.clone(),
+            plugin.worker.clone(),
+            plugin.frames.clone(),
+            plugin.loopback.clone(),
+        );
+        tokio::spawn(async move {
+            let saved = store
+                .load(request.key.as_str())
+                .ok()
+                .flatten()
+                .and_then(|r| r.identity.parse::<Identity>().ok())
+                .filter(Identity::has_secret);
+            let identity = match saved {
+                Some(identity) => identity,
+                None => tokio::task::spawn_blocking(|| Identity::generate(&mut rand_core::OsRng))
+                    .await
+                    .unwrap_or_else(|_| Identity::generate(&mut rand_core::OsRng)),
+            };
+            let port = TapEndpointPort::open(
+                worker,
+                identity.address(),
+                request.network,
+                NetnsRef::path(netns),
+                request.if_name.as_str(),
+                frames,
+            )
+            .await
+            .map_err(|e| ApiError::new(ApiErrorCode::Internal, e.to_string()));
+            let _ = loopback
+                .send(PluginRequest::Opened {
+                    request,
+                    identity,
+                    port,
+                    reply,
+                })
+                .await;
+        });
+    }
+
+    fn find_endpoints(&self, target: &EndpointRef) -> Vec<Address> {
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| {
+                e.request
+                    .as_ref()
+                    .is_some_and(|r| target.matches(&describe(e, r)))
+            })
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
+    fn drop_endpoint(&mut self, address: Address) -> Option<EndpointKey> {
+        let endpoint = self.remove_endpoint(address)?;
+        let key = endpoint.request.as_ref().map(|r| r.key.clone());
+        if let (Some(plugin), Some(key)) = (&self.plugin, &key) {
+            if let Err(e) = plugin.store.remove(key.as_str()) {
+                tracing::warn!(%key, "cannot remove the endpoint record: {e}");
+            }
+        }
+        tracing::info!(key = %endpoint.key, "endpoint removed");
+        key
+    }
+
+    fn handle_plugin(&mut self, request: PluginRequest) {
+        match request {
+            PluginRequest::Attach { request, reply } => {
+                // The same attachment again: answer with what is there (when ready).
+                let same = self.endpoints.iter().find_map(|(a, e)| {
+                    let r = e.request.as_ref()?;
+                    (r.key == request.key
+                        && r.container_id == request.container_id
+                        && r.if_name == request.if_name
+                        && r.network == request.network)
+                        .then_some(*a)
+                });
+                if let Some(address) = same {
+                    self.wait_for(address, &request, reply);
+                    return;
+                }
+                // A new container under the key replaces the old endpoint.
+                let stale: Vec<Address> = self
+                    .endpoints
+                    .iter()
+                    .filter(|(_, e)| e.request.as_ref().is_some_and(|r| r.key == request.key))
+                    .map(|(a, _)| *a)
+                    .collect();
+                for address in stale {
+                    self.drop_endpoint(address);
+                }
+                self.start_attach(request, reply);
+            }
+            PluginRequest::Opened {
+                request,
+                identity,
+                port,
+                reply,
+            } => {
+                let port = match port {
+                    Ok(port) => port,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let now = wall_clock();
+                let mut config = NodeConfig::new(identity.clone(), self.node.planet().clone());
+                config.moons = self.node.moons().to_vec();
+                config.rng_seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+                let mut node = Node::new(config, now);
+                node.join(now, request.network, None);
+                let address = node.address();
+                if let Some(plugin) = &self.plugin {
+                    let record = EndpointRecord {
+                        key: request.key.as_str().to_string(),
+                        network: format!("{:016x}", request.network.0),
+                        netns: request.netns.clone().unwrap_or_default(),
+                        if_name: request.if_name.as_str().to_string(),
+                        identity: identity.to_secret_string().unwrap_or_default(),
+                        attach: serde_json::to_value(&request).ok(),
+                    };
+                    if let Err(e) = plugin.store.save(&record) {
+                        tracing::error!(key = %record.key, "cannot save the endpoint record: {e}");
+                    }
+                }
+                self.add_endpoint(Endpoint {
+                    key: request.key.as_str().to_string(),
+                    network: request.network,
+                    node,
+                    port: Box::new(port),
+                    request: Some(request.clone()),
+                });
+                self.wait_for(address, &request, reply);
+            }
+            PluginRequest::Detach { target, reply } => {
+                let found = self.find_endpoints(&target);
+                let detached = !found.is_empty();
+                for address in found {
+                    self.drop_endpoint(address);
+                }
+                // Not hosted (e.g. the agent restarted before the namespace went): forget the
+                // record too.
+                if let (Some(plugin), Some(key)) = (&self.plugin, &target.key) {
+                    let _ = plugin.store.remove(key.as_str());
+                }
+                let _ = reply.send(Ok(DetachResponse { detached }));
+            }
+            PluginRequest::Check { target, reply } => {
+                let found = self.find_endpoints(&target);
+                let answer = match found.first().and_then(|a| self.endpoints.get(a)) {
+                    Some(e) => {
+                        let d = describe(e, e.request.as_ref().expect("found by request"));
+                        d.readiness().map(|()| d)
+                    }
+                    None => Err(ApiError::new(ApiErrorCode::NotFound, "no such endpoint")),
+                };
+                let _ = reply.send(answer);
+            }
+            PluginRequest::Status { reply } => {
+                let online = self.node.is_online(wall_clock());
+                let _ = reply.send(Status {
+                    ready: online,
+                    address: Some(self.node.address()),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    endpoints: self.endpoints.len(),
+                    reason: (!online).then(|| "no root reachable yet".to_string()),
+                });
+            }
+            PluginRequest::Gc { request, reply } => {
+                let gone: Vec<Address> = self
+                    .endpoints
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.request
+                            .as_ref()
+                            .is_some_and(|r| !request.keeps(&describe(e, r)))
+                    })
+                    .map(|(a, _)| *a)
+                    .collect();
+                let removed = gone
+                    .into_iter()
+                    .filter_map(|a| self.drop_endpoint(a))
+                    .collect();
+                let _ = reply.send(Ok(GcResponse {
+                    removed,
+                    failed: Vec::new(),
+                }));
+            }
+            PluginRequest::List { reply } => {
+                let list = self
+                    .endpoints
+                    .values()
+                    .filter_map(|e| e.request.as_ref().map(|r| describe(e, r)))
+                    .collect();
+                let _ = reply.send(Ok(list));
+            }
+        }
+    }
+
+    fn wait_for(
+        &mut self,
+        address: Address,
+        request: &AttachRequest,
+        reply: oneshot::Sender<Result<PluginEndpoint, ApiError>>,
+    ) {
+        let Some(plugin) = self.plugin.as_mut() else {
+            return;
+        };
+        plugin.waiters.push(AttachWaiter {
+            address,
+            deadline: Instant::now() + request.wait_duration(),
+            reply,
+        });
+        self.answer_waiters();
+    }
+
+    /// Answers attaches whose endpoint is ready, or whose wait is over.
+    fn answer_waiters(&mut self) {
+        let Some(plugin) = self.plugin.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let endpoints = &self.endpoints;
+        let waiters = std::mem::take(&mut plugin.waiters);
+        for waiter in waiters {
+            let Some(e) = endpoints.get(&waiter.address) else {
+                let _ = waiter.reply.send(Err(ApiError::new(
+                    ApiErrorCode::NotFound,
+                    "the endpoint was removed",
+                )));
+                continue;
+            };
+            let Some(request) = e.request.as_ref() else {
+                continue;
+            };
+            let described = describe(e, request);
+            if described.state == EndpointState::Ready {
+                let _ = waiter.reply.send(Ok(described));
+            } else if now >= waiter.deadline {
+                let _ = waiter.reply.send(described.readiness().map(|()| described));
+            } else if !waiter.reply.is_closed() {
+                plugin.waiters.push(waiter);
+            }
+        }
     }
 
     /// The earliest deadline of all hosted nodes.
@@ -243,6 +595,11 @@ impl<T: Transport> Driver<T> {
         self.restore_networks();
         let mut tap_frames = self.tap_frames.take();
         let mut endpoint_frames = self.endpoint_frames.take();
+        let mut plugin_requests = self.plugin.as_mut().map(|p| {
+            let (_, empty) = mpsc::channel(1);
+            std::mem::replace(&mut p.requests, empty)
+        });
+        self.restore_endpoints();
         let mut multicast_scan = tokio::time::interval(MULTICAST_SCAN_PERIOD);
         // Anything the node queued at construction (first HELLOs) goes out now.
         self.flush().await?;
@@ -265,7 +622,11 @@ impl<T: Transport> Driver<T> {
                         endpoint.node.handle_tap_frame(wall_clock(), network, &frame);
                     }
                 }
-                _ = multicast_scan.tick() => self.scan_multicast_groups(),
+                Some(request) = recv_frame(&mut plugin_requests) => self.handle_plugin(request),
+                _ = multicast_scan.tick() => {
+                    self.scan_multicast_groups();
+                    self.answer_waiters();
+                }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = wall_clock();
                     if now >= deadline {
@@ -305,6 +666,7 @@ impl<T: Transport> Driver<T> {
                 handle_endpoint_event(endpoint, event, self.home.as_ref());
             }
         }
+        self.answer_waiters();
         // Requests whose HTTP side gave up (timeout, closed connection) are forgotten.
         self.pending_echoes.retain(|p| !p.reply.is_closed());
         Ok(())
@@ -823,6 +1185,7 @@ mod tests {
                     frames: ftx,
                     configs: ctx,
                 }),
+                request: None,
             });
             delivered.push(frx);
             configured.push(crx);

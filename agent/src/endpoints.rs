@@ -43,6 +43,9 @@ pub struct EndpointRecord {
     pub if_name: String,
     /// `identity.secret`'s text form.
     pub identity: String,
+    /// The attach request that made the endpoint (to make it again after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +247,7 @@ mod tests {
             netns: "/var/run/netns/c1".into(),
             if_name: "eth0".into(),
             identity: "0123456789:0:00:00".into(),
+            attach: None,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod driver;
+pub mod endpoint_manager;
 pub mod endpoints;
 pub mod home;
 pub mod netconf;

@@ -66,6 +66,12 @@ enum Command {
         /// Address the local API listens on.
         #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
         api_bind: IpAddr,
+        /// The plugin API's Unix socket (root only) [default: /run/zt-agent/agent.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Serve no plugin API.
+        #[arg(long, conflicts_with = "socket")]
+        no_socket: bool,
     },
     /// Status of the running agent.
     Info {
@@ -149,9 +155,18 @@ fn main() -> ExitCode {
                 2
             }
         },
-        Command::Run { api_bind } => {
+        Command::Run {
+            api_bind,
+            socket,
+            no_socket,
+        } => {
             drop((out, err));
-            run(&cli, *api_bind)
+            let socket = (!*no_socket).then(|| {
+                socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(zt_agent::plugin_api::DEFAULT_SOCKET))
+            });
+            run(&cli, *api_bind, socket)
         }
         Command::Info { json } => client_command(&cli, |c| query::info(c, *json, &mut out)),
         Command::Listpeers { json } => {
@@ -204,11 +219,12 @@ fn client_command(
     }
 }
 
-fn run(cli: &Cli, api_bind: IpAddr) -> i32 {
+fn run(cli: &Cli, api_bind: IpAddr, socket: Option<PathBuf>) -> i32 {
     let options = agent::RunOptions {
         home: cli.home.clone(),
         port: cli.port.unwrap_or(DEFAULT_PORT),
         api_bind,
+        socket,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -503,6 +503,8 @@ impl<'ns> Agent<'ns> {
             .arg(home)
             .arg("--port")
             .arg(port.to_string())
+            .arg("--socket")
+            .arg(home.join("agent.sock"))
             .env("RUST_BACKTRACE", "1")
             .stdout(log_for_stdout)
             .stderr(log);
