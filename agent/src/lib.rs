@@ -10,7 +10,8 @@
 //! - [`ports`]: one tap per joined network; [`networks`]: `networks.d/` and `/network` JSON.
 //! - [`home`]: the home folder, laid out as ZeroTier One's.
 //! - [`tap`]: the Linux tap device of a virtual network; [`netconf`]: its addresses, routes, MTU.
-//! - [`endpoints`]: container endpoints' records and their tap in the container.
+//! - [`endpoints`]: container endpoints' records and their tap in the container;
+//!   [`endpoint_manager`]: the plugin API served by the driver.
 //! - [`plumbing`]: moving endpoint interfaces into container namespaces and configuring them
 //!   there, on a thread of its own.
 //! - [`plugin_api`]: the Unix-socket JSON API the CNI plugin and Docker driver call;
