@@ -574,11 +574,7 @@ impl<T: Transport> Driver<T> {
             let mac = Mac::from_address(self.node.address(), nwid);
             ports.open(nwid, mac, mtu, settings, false);
             if let Some(config) = &saved {
-                let dictionary = config
-                    .to_dictionary()
-                    .map(|d| d.into_bytes())
-                    .unwrap_or_default();
-                ports.configure(nwid, config, &dictionary);
+                ports.apply(nwid, Some(config));
             }
             self.node.join(now, nwid, saved);
         }

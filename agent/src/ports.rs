@@ -158,8 +158,9 @@ impl Ports {
         self.apply(nwid, Some(config));
     }
 
-    /// (Re)applies what the config manages on the tap; `None` removes all of it.
-    fn apply(&mut self, nwid: NetworkId, config: Option<&NetworkConfig>) {
+    /// (Re)applies what the config manages on the tap; `None` removes all of it. A config
+    /// read back from `networks.d/` is applied with this, without writing it again.
+    pub fn apply(&mut self, nwid: NetworkId, config: Option<&NetworkConfig>) {
         let Some(port) = self.ports.get_mut(&nwid) else {
             return;
         };

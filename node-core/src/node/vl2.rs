@@ -19,7 +19,7 @@ use crate::vl2::config::{
     NetworkConfig, NetworkType, RequestMetadata, FLAG_ENABLE_BROADCAST,
     FLAG_ENABLE_IPV6_NDP_EMULATION,
 };
-use crate::vl2::credentials::CredentialType;
+use crate::vl2::credentials::{CredentialType, Thing};
 use crate::vl2::filter::{
     self, CooOwnership, Direction, ExtFrameCopy, FilterContext, FilterDecision, Frame, Ownership,
     TagValue,
@@ -281,18 +281,16 @@ impl Network {
     }
 
     /// The peer's currently valid capabilities.
-    fn remote_capabilities(&self, peer: Address) -> Vec<Capability> {
-        let Some(m) = self.memberships.get(&peer) else {
-            return Vec::new();
-        };
-        m.capabilities
-            .values()
-            .filter(|c| self.credential_valid(m, CredentialType::Capability, c.id, c.timestamp))
-            .cloned()
-            .collect()
+    fn remote_capabilities(&self, peer: Address) -> impl Iterator<Item = &Capability> + '_ {
+        self.memberships.get(&peer).into_iter().flat_map(move |m| {
+            m.capabilities.values().filter(move |c| {
+                self.credential_valid(m, CredentialType::Capability, c.id, c.timestamp)
+            })
+        })
     }
 
-    fn remote_coos(&self, peer: Address) -> Vec<CertificateOfOwnership> {
+    /// The peer's currently valid certificates of ownership.
+    fn remote_coos(&self, peer: Address) -> Vec<&CertificateOfOwnership> {
         let Some(m) = self.memberships.get(&peer) else {
             return Vec::new();
         };
@@ -301,7 +299,6 @@ impl Network {
             .filter(|c| {
                 self.credential_valid(m, CredentialType::CertificateOfOwnership, c.id, c.timestamp)
             })
-            .cloned()
             .collect()
     }
 
@@ -329,7 +326,7 @@ fn static_ips(config: &NetworkConfig) -> impl Iterator<Item = (IpAddr, u8)> + '_
 /// Inbound ownership: the sender's valid COOs, plus 1.14's NDP-emulation rule (an IPv6
 /// source inside our own RFC4193 /88 or 6PLANE /40 counts as owned).
 struct InboundOwnership<'a> {
-    coos: &'a [CertificateOfOwnership],
+    coos: Vec<&'a CertificateOfOwnership>,
     emulated_prefixes: Vec<(Ipv6Addr, usize)>,
 }
 
@@ -345,10 +342,15 @@ impl Ownership for InboundOwnership<'_> {
                 return true;
             }
         }
-        CooOwnership(self.coos).owns_ip(ip)
+        let thing = match ip {
+            IpAddr::V4(v4) => Thing::ipv4(v4),
+            IpAddr::V6(v6) => Thing::ipv6(v6),
+        };
+        self.coos.iter().any(|coo| coo.owns(&thing))
     }
     fn owns_mac(&self, mac: Mac) -> bool {
-        CooOwnership(self.coos).owns_mac(mac)
+        let thing = Thing::mac(mac);
+        self.coos.iter().any(|coo| coo.owns(&thing))
     }
 }
 
@@ -1372,9 +1374,8 @@ impl Node {
         let local_tags = network.local_tags();
         let remote_tags = network.remote_tags(sender);
         let capabilities = network.remote_capabilities(sender);
-        let coos = network.remote_coos(sender);
         let ownership = InboundOwnership {
-            coos: &coos,
+            coos: network.remote_coos(sender),
             emulated_prefixes: ndp_emulated_prefixes(config),
         };
         let cx = FilterContext {
@@ -1396,7 +1397,7 @@ impl Node {
         };
         let rng = &mut self.rng;
         let decision =
-            filter::filter_incoming(&config.rules, capabilities.iter(), &cx, &frame, &mut || {
+            filter::filter_incoming(&config.rules, capabilities, &cx, &frame, &mut || {
                 rng.next_u32()
             });
         self.send_copies(now, network_id, &decision, source, dest, ethertype, payload);
