@@ -40,6 +40,8 @@ pub const AUTH_HEADER: &str = "x-zt1-auth";
 /// A question for the task that owns the node.
 #[derive(Debug)]
 pub enum ApiRequest {
+    /// Prometheus text for `GET /metrics`.
+    Metrics { reply: oneshot::Sender<String> },
     Status {
         reply: oneshot::Sender<StatusReport>,
     },
@@ -255,6 +257,16 @@ async fn route(
         };
     }
     match (segments.as_slice(), method) {
+        (["metrics"], &Method::GET) => {
+            match ask(state, |reply| ApiRequest::Metrics { reply }).await {
+                Some(text) => Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(Full::new(Bytes::from(text)))
+                    .unwrap_or_else(|_| unavailable()),
+                None => unavailable(),
+            }
+        }
         (["network"], &Method::GET) => {
             match ask(state, |reply| ApiRequest::Networks { reply }).await {
                 Some(list) => respond(StatusCode::OK, list),
@@ -525,6 +537,9 @@ mod tests {
         let mut unanswered = Vec::new();
         while let Some(request) = requests.recv().await {
             match request {
+                ApiRequest::Metrics { reply } => {
+                    let _ = reply.send("zt_test_metric 1\n".to_string());
+                }
                 ApiRequest::Status { reply } => {
                     let _ = reply.send(StatusReport {
                         address: "8e4df28b72".into(),

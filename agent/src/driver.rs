@@ -30,8 +30,8 @@ use crate::endpoints::{EndpointRecord, EndpointStore, TapEndpointPort};
 use crate::home::Home;
 use crate::networks::LocalSettings;
 use crate::plugin_api::{
-    ApiError, AttachRequest, DetachResponse, Endpoint as PluginEndpoint, EndpointKey, EndpointRef,
-    EndpointState, ErrorCode as ApiErrorCode, GcResponse, Status,
+    ApiError, AttachRequest, DetachResponse, Endpoint as PluginEndpoint, EndpointCounters,
+    EndpointKey, EndpointRef, EndpointState, ErrorCode as ApiErrorCode, GcResponse, Status,
 };
 use crate::plumbing::{NetnsRef, NetnsWorker};
 use crate::ports::{Ports, TapFrame};
@@ -69,6 +69,16 @@ pub struct Endpoint {
     pub port: Box<dyn EndpointPort>,
     /// The plugin API request that made it, when one did.
     pub request: Option<crate::plugin_api::AttachRequest>,
+    pub counters: EndpointCounters,
+}
+
+/// A frame one hosted node switched to another ([`Event::SwitchedFrame`]).
+struct SwitchedFrame {
+    from: Address,
+    network_id: node_core::vl2::NetworkId,
+    to: Address,
+    ethertype: u16,
+    payload: Vec<u8>,
 }
 
 /// Where a datagram goes: the node its destination field names, else the host's node (which
@@ -131,6 +141,8 @@ pub struct Driver<T: Transport> {
     endpoint_frames: Option<mpsc::Receiver<EndpointFrame>>,
     /// The plugin API's requests, when the agent serves one.
     plugin: Option<PluginState>,
+    /// Frames between hosted nodes, switched at the end of the turn.
+    switched: Vec<SwitchedFrame>,
 }
 
 /// What serving the plugin API takes.
@@ -192,6 +204,7 @@ impl<T: Transport> Driver<T> {
             endpoints: BTreeMap::new(),
             endpoint_frames: None,
             plugin: None,
+            switched: Vec::new(),
         }
     }
 
@@ -212,11 +225,67 @@ impl<T: Transport> Driver<T> {
         let address = endpoint.node.address();
         tracing::info!(key = %endpoint.key, %address, network = %endpoint.network, "endpoint added");
         self.endpoints.insert(address, endpoint);
+        self.share_local_peers();
     }
 
     /// Stops hosting an endpoint; its port goes with it.
     pub fn remove_endpoint(&mut self, address: Address) -> Option<Endpoint> {
-        self.endpoints.remove(&address)
+        let removed = self.endpoints.remove(&address);
+        self.share_local_peers();
+        removed
+    }
+
+    /// Tells every hosted node who else is hosted here, so that unicast frames between them
+    /// are switched locally.
+    fn share_local_peers(&mut self) {
+        let peers: std::sync::Arc<std::collections::BTreeSet<Address>> = std::sync::Arc::new(
+            std::iter::once(self.node.address())
+                .chain(self.endpoints.keys().copied())
+                .collect(),
+        );
+        self.node.set_local_peers(peers.clone());
+        for endpoint in self.endpoints.values_mut() {
+            endpoint.node.set_local_peers(peers.clone());
+        }
+    }
+
+    /// Hands switched frames to their destination nodes, counting them at both ends.
+    fn switch_frames(&mut self) {
+        let now = wall_clock();
+        for frame in std::mem::take(&mut self.switched) {
+            let bytes = frame.payload.len() as u64 + 14;
+            let delivered = if frame.to == self.node.address() {
+                self.node.handle_switched_frame(
+                    now,
+                    frame.network_id,
+                    frame.from,
+                    frame.ethertype,
+                    &frame.payload,
+                )
+            } else if let Some(to) = self.endpoints.get_mut(&frame.to) {
+                let delivered = to.node.handle_switched_frame(
+                    now,
+                    frame.network_id,
+                    frame.from,
+                    frame.ethertype,
+                    &frame.payload,
+                );
+                if delivered {
+                    to.counters.switched_in_packets += 1;
+                    to.counters.switched_in_bytes += bytes;
+                }
+                delivered
+            } else {
+                false
+            };
+            if let Some(from) = self.endpoints.get_mut(&frame.from) {
+                from.counters.switched_out_packets += 1;
+                from.counters.switched_out_bytes += bytes;
+            }
+            if !delivered {
+                tracing::trace!(from = %frame.from, to = %frame.to, "switched frame dropped");
+            }
+        }
     }
 
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
@@ -403,6 +472,7 @@ impl<T: Transport> Driver<T> {
                     node,
                     port: Box::new(port),
                     request: Some(request.clone()),
+                    counters: EndpointCounters::default(),
                 });
                 self.wait_for(address, &request, reply);
             }
@@ -615,6 +685,8 @@ impl<T: Transport> Driver<T> {
                 Some((address, frame)) = recv_frame(&mut endpoint_frames) => {
                     if let Some(endpoint) = self.endpoints.get_mut(&address) {
                         let network = endpoint.network;
+                        endpoint.counters.rx_packets += 1;
+                        endpoint.counters.rx_bytes += frame.len() as u64;
                         endpoint.node.handle_tap_frame(wall_clock(), network, &frame);
                     }
                 }
@@ -636,20 +708,10 @@ impl<T: Transport> Driver<T> {
 
     /// Sends what the node queued and acts on its events.
     async fn flush(&mut self) -> Result<(), DriverError> {
-        while let Some(transmit) = self.node.poll_transmit() {
-            if let Err(e) = self
-                .transport
-                .send(transmit.to, &transmit.data, transmit.ttl)
-                .await
-            {
-                tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
-            }
-        }
-        while let Some(event) = self.node.poll_event() {
-            self.handle_event(event)?;
-        }
-        for endpoint in self.endpoints.values_mut() {
-            while let Some(transmit) = endpoint.node.poll_transmit() {
+        // Switched frames make more work for their receivers (a delivered frame, an ERROR
+        // asking for credentials): go round until no node has anything left.
+        loop {
+            while let Some(transmit) = self.node.poll_transmit() {
                 if let Err(e) = self
                     .transport
                     .send(transmit.to, &transmit.data, transmit.ttl)
@@ -658,9 +720,27 @@ impl<T: Transport> Driver<T> {
                     tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
                 }
             }
-            while let Some(event) = endpoint.node.poll_event() {
-                handle_endpoint_event(endpoint, event, self.home.as_ref());
+            while let Some(event) = self.node.poll_event() {
+                self.handle_event(event)?;
             }
+            for endpoint in self.endpoints.values_mut() {
+                while let Some(transmit) = endpoint.node.poll_transmit() {
+                    if let Err(e) = self
+                        .transport
+                        .send(transmit.to, &transmit.data, transmit.ttl)
+                        .await
+                    {
+                        tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
+                    }
+                }
+                while let Some(event) = endpoint.node.poll_event() {
+                    handle_endpoint_event(endpoint, event, self.home.as_ref(), &mut self.switched);
+                }
+            }
+            if self.switched.is_empty() {
+                break;
+            }
+            self.switch_frames();
         }
         self.answer_waiters();
         // Requests whose HTTP side gave up (timeout, closed connection) are forgotten.
@@ -717,6 +797,18 @@ impl<T: Transport> Driver<T> {
                 tracing::debug!(%from, type_id, len = data.len(), "user message ignored");
             }
             Event::IdentityCollision => return Err(DriverError::IdentityCollision),
+            Event::SwitchedFrame {
+                network_id,
+                to,
+                ethertype,
+                payload,
+            } => self.switched.push(SwitchedFrame {
+                from: self.node.address(),
+                network_id,
+                to,
+                ethertype,
+                payload,
+            }),
             Event::Frame { network_id, frame } => {
                 if let Some(ports) = &self.ports {
                     ports.deliver(network_id, &frame);
@@ -842,6 +934,13 @@ impl<T: Transport> Driver<T> {
     fn handle_request(&mut self, request: ApiRequest) {
         let now = wall_clock();
         match request {
+            ApiRequest::Metrics { reply } => {
+                let _ = reply.send(crate::metrics::render(
+                    &self.node,
+                    self.endpoints.values(),
+                    now,
+                ));
+            }
             ApiRequest::Networks { reply } => {
                 let list: Vec<Value> = self
                     .node
@@ -1034,11 +1133,30 @@ impl<T: Transport> Driver<T> {
 }
 
 /// What an endpoint's node asks of its host.
-fn handle_endpoint_event(endpoint: &mut Endpoint, event: Event, home: Option<&Home>) {
+fn handle_endpoint_event(
+    endpoint: &mut Endpoint,
+    event: Event,
+    home: Option<&Home>,
+    switched: &mut Vec<SwitchedFrame>,
+) {
     match event {
         Event::Frame { network_id, frame } if network_id == endpoint.network => {
+            endpoint.counters.tx_packets += 1;
+            endpoint.counters.tx_bytes += frame.len() as u64;
             endpoint.port.deliver(&frame);
         }
+        Event::SwitchedFrame {
+            network_id,
+            to,
+            ethertype,
+            payload,
+        } => switched.push(SwitchedFrame {
+            from: endpoint.node.address(),
+            network_id,
+            to,
+            ethertype,
+            payload,
+        }),
         Event::NetworkConfigUpdated {
             network_id, config, ..
         } if network_id == endpoint.network => {
@@ -1182,6 +1300,7 @@ mod tests {
                     configs: ctx,
                 }),
                 request: None,
+                counters: EndpointCounters::default(),
             });
             delivered.push(frx);
             configured.push(crx);

@@ -168,5 +168,6 @@ pub fn describe(hosted: &HostedEndpoint, request: &AttachRequest) -> Endpoint {
         gateway: None,
         mtu: config.map_or(node_core::vl2::config::DEFAULT_MTU, |c| c.mtu),
         state,
+        counters: hosted.counters,
     }
 }

@@ -8,6 +8,7 @@
 //!   `/controller...`, plus `/echo`).
 //! - [`controller`]: the network controller's records in `controller.d/` and its HTTP API.
 //! - [`ports`]: one tap per joined network; [`networks`]: `networks.d/` and `/network` JSON.
+//! - [`metrics`]: `/metrics`, Prometheus text.
 //! - [`home`]: the home folder, laid out as ZeroTier One's.
 //! - [`tap`]: the Linux tap device of a virtual network; [`netconf`]: its addresses, routes, MTU.
 //! - [`endpoints`]: container endpoints' records and their tap in the container;
@@ -28,6 +29,7 @@ pub mod driver;
 pub mod endpoint_manager;
 pub mod endpoints;
 pub mod home;
+pub mod metrics;
 pub mod netconf;
 pub mod networks;
 pub mod plugin_api;

@@ -731,6 +731,29 @@ pub struct Endpoint {
     pub gateway: Option<IpAddr>,
     pub mtu: u32,
     pub state: EndpointState,
+    /// Traffic through the endpoint since the agent started.
+    #[serde(default)]
+    pub counters: EndpointCounters,
+}
+
+/// Per-endpoint packet and byte counters. `switched*` count unicast frames handed between
+/// two endpoints of the same agent without UDP or encryption (local switching); the rest
+/// went over VL1 as ZeroTier packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointCounters {
+    /// Frames (and their bytes) read from the endpoint's interface.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames (and their bytes) written to the endpoint's interface.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames this endpoint sent to a local endpoint, switched locally.
+    pub switched_out_packets: u64,
+    pub switched_out_bytes: u64,
+    /// Frames a local endpoint switched to this one that its inbound rules accepted.
+    pub switched_in_packets: u64,
+    pub switched_in_bytes: u64,
 }
 
 impl Endpoint {
@@ -1445,6 +1468,7 @@ mod tests {
             }],
             gateway: None,
             mtu: 2800,
+            counters: EndpointCounters::default(),
             state: EndpointState::Ready,
         }
     }

@@ -101,6 +101,7 @@ impl EndpointManager for FakeManager {
                 gateway: None,
                 mtu: request.mtu.unwrap_or(2800),
                 state,
+                counters: Default::default(),
             };
             endpoints.insert(request.key, endpoint.clone());
             Ok(endpoint)

@@ -15,8 +15,9 @@ mod vl2;
 
 pub use vl2::{ConfigAnswer, NetworkInfo, NetworkStatus};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -212,6 +213,15 @@ pub enum Event {
         network_id: NetworkId,
         frame: Vec<u8>,
     },
+    /// A unicast frame for a member hosted next to us (see [`Node::set_local_peers`]),
+    /// already allowed by our outbound rules: the host hands it to that member's node with
+    /// [`Node::handle_switched_frame`] instead of sending a FRAME over UDP.
+    SwitchedFrame {
+        network_id: NetworkId,
+        to: Address,
+        ethertype: u16,
+        payload: Vec<u8>,
+    },
 }
 
 /// What `/status` reports.
@@ -329,6 +339,8 @@ pub struct Node {
     /// Frames that failed the membership gate, retried when the sender's credentials come.
     gate_parked: Vec<ParkedRx>,
     retrying_gated: bool,
+    /// Members hosted in the same process, whose unicast frames are switched locally.
+    local_peers: Arc<BTreeSet<Address>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -370,6 +382,7 @@ impl Node {
             credentials_gate: HashMap::new(),
             gate_parked: Vec::new(),
             retrying_gated: false,
+            local_peers: Arc::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             identity: config.identity,

@@ -576,6 +576,48 @@ impl Node {
         self.send(now, to, Verb::NetworkCredentials, payload, Route::Best);
     }
 
+    /// Members hosted in the same process as this node (other container endpoints of the
+    /// same agent). Unicast frames to them that our outbound rules allow come out as
+    /// [`Event::SwitchedFrame`] instead of FRAMEs: no UDP, no encryption. Everything else
+    /// (HELLO, credentials, multicast) still goes over VL1, so membership works as usual.
+    pub fn set_local_peers(&mut self, peers: std::sync::Arc<BTreeSet<Address>>) {
+        self.local_peers = peers;
+    }
+
+    /// A frame another node of this process switched to us ([`Event::SwitchedFrame`] of
+    /// `source`): the same membership gate and inbound rules as a FRAME from `source`.
+    /// Returns whether it reached our port. A sender without credentials yet is asked for
+    /// them over VL1 and its frame dropped (the next one passes).
+    pub fn handle_switched_frame(
+        &mut self,
+        now: Timestamp,
+        network_id: NetworkId,
+        source: Address,
+        ethertype: u16,
+        payload: &[u8],
+    ) -> bool {
+        let Some(network) = self.networks.get(&network_id) else {
+            return false;
+        };
+        let our_mac = network.mac;
+        if source == self.address || payload.is_empty() {
+            return false;
+        }
+        if !self.peer_passes_gate(network_id, source) {
+            self.ask_for_credentials(now, source, Verb::Frame, 0, network_id);
+            return false;
+        }
+        self.announce_to_member_if_due(now, network_id, source);
+        let source_mac = Mac::from_address(source, network_id);
+        let decision = self.filter_in(
+            now, network_id, source, source_mac, our_mac, ethertype, payload,
+        );
+        if decision.deliver {
+            self.deliver(network_id, our_mac, source_mac, ethertype, payload);
+        }
+        decision.deliver
+    }
+
     /// A raw Ethernet frame from the host's virtual port for `network_id`
     /// (`Switch::onLocalEthernet`, zt-vl2.md 2.11).
     pub fn handle_tap_frame(&mut self, now: Timestamp, network_id: NetworkId, frame: &[u8]) {
@@ -637,6 +679,15 @@ impl Node {
                 return;
             }
             self.push_credentials_if_needed(now, network_id, peer, false);
+            if self.local_peers.contains(&peer) {
+                self.events.push_back(Event::SwitchedFrame {
+                    network_id,
+                    to: peer,
+                    ethertype,
+                    payload: payload.to_vec(),
+                });
+                return;
+            }
             let mut out = Vec::with_capacity(10 + payload.len());
             FrameRepr {
                 network_id,
@@ -1275,6 +1326,26 @@ impl Node {
         network_id: NetworkId,
         packet: &[u8],
     ) {
+        self.ask_for_credentials(now, source, verb, packet_id, network_id);
+        if !self.retrying_gated && self.gate_parked.len() < super::MAX_PARKED_RX {
+            self.gate_parked.push(ParkedRx {
+                from,
+                source,
+                packet: packet.to_vec(),
+                parked: now,
+            });
+        }
+    }
+
+    /// ERROR(NEED_MEMBERSHIP_CERTIFICATE) to a sender that failed the gate.
+    fn ask_for_credentials(
+        &mut self,
+        now: Timestamp,
+        source: Address,
+        verb: Verb,
+        packet_id: u64,
+        network_id: NetworkId,
+    ) {
         let mut body = Vec::with_capacity(18);
         ErrorRepr {
             in_re_verb: verb,
@@ -1284,14 +1355,6 @@ impl Node {
         }
         .emit(&mut body);
         self.send(now, source, Verb::Error, body, Route::Best);
-        if !self.retrying_gated && self.gate_parked.len() < super::MAX_PARKED_RX {
-            self.gate_parked.push(ParkedRx {
-                from,
-                source,
-                packet: packet.to_vec(),
-                parked: now,
-            });
-        }
     }
 
     // ---------------------------------------------------------------------------------------
