@@ -295,3 +295,106 @@ fn a_revoked_member_is_cut_off() {
     );
     // a asked b for a newer COM (ERROR NEED_MEMBERSHIP_CERTIFICATE); b has none newer.
 }
+
+/// Two members hosted in one process switch unicast frames to each other without a single
+/// datagram; the receiver still applies its membership gate.
+#[test]
+fn local_peers_switch_unicast_frames_without_udp() {
+    let mut lab = lab(4);
+    let (a, b, c, nwid) = (lab.a, lab.b, lab.c, lab.nwid);
+    let (addr_a, addr_b, addr_c) = (
+        lab.sim.address_of(a),
+        lab.sim.address_of(b),
+        lab.sim.address_of(c),
+    );
+    lab.authorized.borrow_mut().extend([addr_a, addr_b]);
+    lab.sim.run_for(Millis(3_000));
+    for host in [a, b, c] {
+        lab.sim.with_node(host, |n, now| n.join(now, nwid, None));
+    }
+    assert!(lab.sim.run_until_true(Millis(12_000), Millis(500), |s| {
+        [a, b].iter().all(|&h| {
+            s.host(h)
+                .node
+                .network(nwid)
+                .is_some_and(|n| n.config.is_some())
+        })
+    }));
+    // One exchange over UDP first, so each side holds the other's credentials.
+    let (mac_a, mac_b) = (lab.mac(a), lab.mac(b));
+    let ip_payload = b"\x45\x00\x00\x1c............hello".to_vec();
+    lab.send_frame(a, frame(mac_b, mac_a, 0x0800, &ip_payload));
+    lab.send_frame(b, frame(mac_a, mac_b, 0x0800, &ip_payload));
+    lab.sim.run_for(Millis(2_000));
+    assert!(lab
+        .frames_at(b)
+        .contains(&frame(mac_b, mac_a, 0x0800, &ip_payload)));
+
+    let local: std::sync::Arc<BTreeSet<Address>> =
+        std::sync::Arc::new([addr_a, addr_b].into_iter().collect());
+    for host in [a, b] {
+        let local = local.clone();
+        lab.sim
+            .with_node(host, move |n, _| n.set_local_peers(local));
+    }
+    lab.clear_events();
+    let sent_before = lab.sim.stats.sent;
+    let switched_payload = b"\x45\x00\x00\x1c............local".to_vec();
+    lab.send_frame(a, frame(mac_b, mac_a, 0x0800, &switched_payload));
+    assert_eq!(
+        lab.sim.stats.sent, sent_before,
+        "a switched frame sends no datagram"
+    );
+    let switched: Vec<(Address, u16, Vec<u8>)> = lab
+        .sim
+        .host(a)
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SwitchedFrame {
+                network_id,
+                to,
+                ethertype,
+                payload,
+            } if *network_id == nwid => Some((*to, *ethertype, payload.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(switched, vec![(addr_b, 0x0800, switched_payload.clone())]);
+
+    let delivered = lab.sim.with_node(b, |n, now| {
+        n.handle_switched_frame(now, nwid, addr_a, 0x0800, &switched_payload)
+    });
+    assert!(delivered);
+    assert_eq!(
+        lab.frames_at(b),
+        vec![frame(mac_b, mac_a, 0x0800, &switched_payload)]
+    );
+
+    // A frame "switched" from c, which holds no membership, fails b's gate: nothing
+    // reaches b's port and c is asked for credentials over VL1.
+    lab.clear_events();
+    let sent_before = lab.sim.stats.sent;
+    let delivered = lab.sim.with_node(b, |n, now| {
+        n.handle_switched_frame(now, nwid, addr_c, 0x0800, &switched_payload)
+    });
+    assert!(!delivered);
+    assert!(lab.frames_at(b).is_empty());
+    assert!(lab.sim.stats.sent > sent_before, "b asks c for credentials");
+
+    // Multicast still goes over VL1 (the directory decides who gets it).
+    lab.clear_events();
+    let arp = arp_request(mac_a, member_ip(1), member_ip(2));
+    lab.send_frame(a, frame(Mac::BROADCAST, mac_a, 0x0806, &arp));
+    assert!(!lab
+        .sim
+        .host(a)
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::SwitchedFrame { .. })));
+    lab.sim.run_for(Millis(1_000));
+    assert_eq!(
+        lab.frames_at(b),
+        vec![frame(Mac::BROADCAST, mac_a, 0x0806, &arp)]
+    );
+}
