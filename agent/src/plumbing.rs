@@ -16,6 +16,7 @@
 //! taps ([`crate::tap::Tap`]) in its own namespace and keeps their descriptors, which go on
 //! carrying frames wherever the interface is moved.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -26,8 +27,13 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,6 +43,10 @@ use crate::netconf::{ManagedRoute, PrefixedAddr};
 const ERRNO_NO_SUCH_DEVICE: i32 = 19;
 /// `EEXIST`: an address or route that is already there.
 const ERRNO_EXISTS: i32 = 17;
+/// `ESRCH`: a route to delete that is not there (any more).
+const ERRNO_NO_SUCH_ROUTE: i32 = 3;
+/// `EADDRNOTAVAIL`: an address to delete that is not there (any more).
+const ERRNO_NO_SUCH_ADDRESS: i32 = 99;
 /// The thread's own network namespace, as seen from that thread.
 const OWN_NETNS_PATH: &str = "/proc/thread-self/ns/net";
 
@@ -272,10 +282,20 @@ impl NetnsWorker {
         .await
     }
 
-    /// Gives the interface `ifname` in `netns` the MAC, MTU, addresses and routes of `spec`
-    /// and brings it up or down. Addresses and routes already present count as done, so
-    /// applying the same spec again is harmless. Nothing is removed: an address or route that
-    /// an earlier spec had and this one lacks stays.
+    /// Makes the interface `ifname` in `netns` what `spec` says: its MAC and MTU, up or down,
+    /// and exactly the spec's addresses and routes. Addresses and routes already present
+    /// count as done, so applying the same spec again is harmless. What an earlier spec had
+    /// and this one lacks is removed:
+    ///
+    /// - addresses on the interface that are not in the spec, except IPv6 link-local ones
+    ///   and those the kernel made by itself (SLAAC, privacy addresses: not permanent);
+    /// - routes out of the interface in the main table that this worker could have added
+    ///   (unicast, protocol static or boot, scope universe or link, through a gateway or
+    ///   on-link) and that are neither among the spec's routes nor its default route.
+    ///
+    /// The kernel's own routes (protocol kernel, such as an address's subnet) and routes of
+    /// other protocols (router advertisements, DHCP, routing daemons) are left alone, as is
+    /// everything on other interfaces.
     pub async fn configure(
         &self,
         netns: NetnsRef,
@@ -494,27 +514,62 @@ impl Thread {
             session.failure(format!("bringing {verb}"), ifname, error)
         })?;
 
-        // Addresses before routes: a gateway is reachable only once an address puts its
-        // subnet on the interface.
-        for &(address, prefix) in &spec.addresses {
-            let mut request = session.handle.address().add(index, address, prefix);
-            if address.is_ipv6() {
-                // Usable at once: the controller already made the address unique.
-                let message = request.message_mut();
-                message.header.flags |= AddressHeaderFlags::Nodad;
-                message
-                    .attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
-            }
-            tolerate(request.execute().await, ERRNO_EXISTS).map_err(|error| {
-                session.failure(format!("adding address {address}/{prefix}"), ifname, error)
-            })?;
-        }
-
         let default_route = spec.default_route_via.map(|gateway| ManagedRoute {
             target: (unspecified_like(gateway), 0),
             via: Some(gateway),
         });
+        let wanted_routes: HashSet<RouteKey> = spec
+            .routes
+            .iter()
+            .chain(default_route.as_ref())
+            .map(RouteKey::of)
+            .collect();
+
+        // Stale routes go first, so that none is in the way of a wanted one.
+        for (key, route) in session.removable_routes(index, ifname).await? {
+            if wanted_routes.contains(&key) {
+                continue;
+            }
+            tolerate(
+                session.handle.route().del(route).execute().await,
+                ERRNO_NO_SUCH_ROUTE,
+            )
+            .map_err(|error| session.failure(format!("removing route {key}"), ifname, error))?;
+        }
+
+        // New addresses before removing stale ones where possible: when the last IPv4
+        // address of an interface goes, the kernel drops every route through it. An address
+        // whose prefix length changes is the exception, as the kernel would refuse it anew
+        // while the old one is there.
+        let (replaced, stale): (Vec<_>, Vec<_>) = session
+            .removable_addresses(index, ifname)
+            .await?
+            .into_iter()
+            .filter(|(address, prefix, _)| !spec.addresses.contains(&(*address, *prefix)))
+            .partition(|(address, _, _)| spec.addresses.iter().any(|(a, _)| a == address));
+        for (address, prefix, message) in replaced {
+            session
+                .delete_address(ifname, address, prefix, message)
+                .await?;
+        }
+        // Addresses before routes: a gateway is reachable only once an address puts its
+        // subnet on the interface.
+        session
+            .add_addresses(index, ifname, &spec.addresses)
+            .await?;
+        if !stale.is_empty() {
+            for (address, prefix, message) in stale {
+                session
+                    .delete_address(ifname, address, prefix, message)
+                    .await?;
+            }
+            // Removing an IPv4 primary address removes the secondaries of its subnet with
+            // it (unless the interface promotes them), new ones included.
+            session
+                .add_addresses(index, ifname, &spec.addresses)
+                .await?;
+        }
+
         for route in spec.routes.iter().chain(default_route.as_ref()) {
             let message = route_message(index, route);
             tolerate(
@@ -575,6 +630,103 @@ impl Session {
             })
     }
 
+    /// Adds `addresses` to interface `index`; those already there count as added.
+    async fn add_addresses(
+        &self,
+        index: u32,
+        ifname: &str,
+        addresses: &[PrefixedAddr],
+    ) -> Result<(), PlumbingError> {
+        for &(address, prefix) in addresses {
+            let mut request = self.handle.address().add(index, address, prefix);
+            if address.is_ipv6() {
+                // Usable at once: the controller already made the address unique.
+                let message = request.message_mut();
+                message.header.flags |= AddressHeaderFlags::Nodad;
+                message
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            tolerate(request.execute().await, ERRNO_EXISTS).map_err(|error| {
+                self.failure(format!("adding address {address}/{prefix}"), ifname, error)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the address `message` (from [`Session::removable_addresses`]) describes; one
+    /// already gone counts as deleted.
+    async fn delete_address(
+        &self,
+        ifname: &str,
+        address: IpAddr,
+        prefix: u8,
+        message: AddressMessage,
+    ) -> Result<(), PlumbingError> {
+        tolerate(
+            self.handle.address().del(message).execute().await,
+            ERRNO_NO_SUCH_ADDRESS,
+        )
+        .map_err(|error| {
+            self.failure(
+                format!("removing address {address}/{prefix}"),
+                ifname,
+                error,
+            )
+        })
+    }
+
+    /// The addresses on interface `index` that [`Thread::configure`] may remove, each with
+    /// its prefix length and a message that deletes it. Kept out: IPv6 link-local addresses
+    /// and addresses the kernel made by itself (without the permanent flag).
+    async fn removable_addresses(
+        &self,
+        index: u32,
+        ifname: &str,
+    ) -> Result<Vec<(IpAddr, u8, AddressMessage)>, PlumbingError> {
+        let dump_failed = |error| self.failure("listing addresses".to_owned(), ifname, error);
+        let mut answers = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut removable = Vec::new();
+        while let Some(message) = answers.try_next().await.map_err(dump_failed)? {
+            if let Some(address) = removable_address(&message, index) {
+                removable.push((address, message.header.prefix_len, deletion_of(&message)));
+            }
+        }
+        Ok(removable)
+    }
+
+    /// The routes out of interface `index` that [`Thread::configure`] may remove, each with
+    /// what it is and a message that deletes it.
+    async fn removable_routes(
+        &self,
+        index: u32,
+        ifname: &str,
+    ) -> Result<Vec<(RouteKey, RouteMessage)>, PlumbingError> {
+        let mut removable = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // Only the family set: other header fields would filter the dump on kernels
+            // with strict checking, and differently on those without.
+            let mut request = RouteMessage::default();
+            request.header.address_family = family;
+            let mut answers = self.handle.route().get(request).execute();
+            while let Some(route) = answers
+                .try_next()
+                .await
+                .map_err(|error| self.failure("listing routes".to_owned(), ifname, error))?
+            {
+                if let Some(key) = RouteKey::of_removable(&route, index) {
+                    removable.push((key, deletion_of_route(&route)));
+                }
+            }
+        }
+        Ok(removable)
+    }
+
     fn failure(&self, operation: String, ifname: &str, error: rtnetlink::Error) -> PlumbingError {
         let source = match error {
             rtnetlink::Error::NetlinkError(message) => message.to_io(),
@@ -613,7 +765,173 @@ fn tolerate(result: Result<(), rtnetlink::Error>, errno: i32) -> Result<(), rtne
     }
 }
 
-fn route_message(index: u32, route: &ManagedRoute) -> rtnetlink::packet_route::route::RouteMessage {
+/// A route as [`Thread::configure`] compares them: its target network and its gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RouteKey {
+    /// The target with its host bits cleared, and the prefix length.
+    target: (IpAddr, u8),
+    via: Option<IpAddr>,
+}
+
+impl RouteKey {
+    fn of(route: &ManagedRoute) -> Self {
+        let (target, prefix) = route.target;
+        Self {
+            target: (network_address(target, prefix), prefix),
+            via: route.via,
+        }
+    }
+
+    /// What `route` is, if it is a route out of interface `index` of the kind
+    /// [`route_message`] makes: a unicast route in the main table, protocol static (as
+    /// added here) or boot (as `ip route add` and most tools add them), scope universe or
+    /// link, through a gateway of its own family or on-link, with one next hop.
+    fn of_removable(route: &RouteMessage, index: u32) -> Option<Self> {
+        let header = &route.header;
+        let ours = header.kind == RouteType::Unicast
+            && matches!(header.protocol, RouteProtocol::Static | RouteProtocol::Boot)
+            && matches!(header.scope, RouteScope::Universe | RouteScope::Link)
+            && header.source_prefix_length == 0;
+        if !ours {
+            return None;
+        }
+        let unspecified = match header.address_family {
+            AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => return None,
+        };
+        let mut table = u32::from(header.table);
+        let mut output = None;
+        let mut destination = unspecified;
+        let mut via = None;
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Table(id) => table = *id,
+                RouteAttribute::Oif(oif) => output = Some(*oif),
+                RouteAttribute::Destination(address) => {
+                    destination = ip_of_route_address(address)?;
+                }
+                RouteAttribute::Gateway(address) => via = Some(ip_of_route_address(address)?),
+                // Several next hops, a gateway of another family, a source-specific route,
+                // an encapsulation: never made here.
+                RouteAttribute::MultiPath(_)
+                | RouteAttribute::Via(_)
+                | RouteAttribute::Source(_)
+                | RouteAttribute::Encap(_)
+                | RouteAttribute::NhId(_) => return None,
+                _ => {}
+            }
+        }
+        let same_family = |address: IpAddr| address.is_ipv4() == unspecified.is_ipv4();
+        if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            || output != Some(index)
+            || !same_family(destination)
+            || via.is_some_and(|gateway| !same_family(gateway))
+        {
+            return None;
+        }
+        let prefix = header.destination_prefix_length;
+        Some(Self {
+            target: (network_address(destination, prefix), prefix),
+            via,
+        })
+    }
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (target, prefix) = self.target;
+        write!(f, "{target}/{prefix}")?;
+        match self.via {
+            Some(gateway) => write!(f, " via {gateway}"),
+            None => f.write_str(" on-link"),
+        }
+    }
+}
+
+fn ip_of_route_address(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// A request deleting exactly `route`: its header (which names table, protocol, scope and
+/// type) and the attributes that tell it apart from its neighbours, without the state the
+/// kernel reports with it (cache info, preference, expiry).
+fn deletion_of_route(route: &RouteMessage) -> RouteMessage {
+    let mut deletion = RouteMessage::default();
+    deletion.header = route.header.clone();
+    deletion.header.flags = Default::default();
+    deletion.attributes = route
+        .attributes
+        .iter()
+        .filter(|attribute| {
+            matches!(
+                attribute,
+                RouteAttribute::Destination(_)
+                    | RouteAttribute::Gateway(_)
+                    | RouteAttribute::Oif(_)
+                    | RouteAttribute::Priority(_)
+                    | RouteAttribute::Table(_)
+            )
+        })
+        .cloned()
+        .collect();
+    deletion
+}
+
+/// The address `message` puts on interface `index`, if [`Thread::configure`] may remove it:
+/// not IPv6 link-local (the kernel's, which IPv6 needs), and permanent (not one the kernel
+/// made by itself from router advertisements, which would only come back).
+fn removable_address(message: &AddressMessage, index: u32) -> Option<IpAddr> {
+    if message.header.index != index {
+        return None;
+    }
+    let mut local = None;
+    let mut peer = None;
+    let mut permanent = message.header.flags.contains(AddressHeaderFlags::Permanent);
+    for attribute in &message.attributes {
+        match attribute {
+            AddressAttribute::Local(address) => local = Some(*address),
+            AddressAttribute::Address(address) => peer = Some(*address),
+            // The full flags, when present, supersede the header's 8 bits.
+            AddressAttribute::Flags(flags) => permanent = flags.contains(AddressFlags::Permanent),
+            _ => {}
+        }
+    }
+    // IPv4 reports the interface's own address as the local one; IPv6 only as the address.
+    let address = local.or(peer)?;
+    let link_local = match address {
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        IpAddr::V4(_) => false,
+    };
+    (permanent && !link_local).then_some(address)
+}
+
+/// A request deleting the address `message` describes.
+fn deletion_of(message: &AddressMessage) -> AddressMessage {
+    let mut deletion = AddressMessage::default();
+    deletion.header = message.header.clone();
+    deletion.header.flags = AddressHeaderFlags::empty();
+    deletion.attributes = message
+        .attributes
+        .iter()
+        .filter(|attribute| {
+            matches!(
+                attribute,
+                AddressAttribute::Address(_)
+                    | AddressAttribute::Local(_)
+                    | AddressAttribute::Label(_)
+            )
+        })
+        .cloned()
+        .collect();
+    deletion
+}
+
+fn route_message(index: u32, route: &ManagedRoute) -> RouteMessage {
     // As `ip route add PREFIX dev IF`, a route without a gateway is to hosts on the link.
     let scope = if route.via.is_none() {
         RouteScope::Link
@@ -785,6 +1103,249 @@ mod tests {
     fn namespaces_are_named_in_errors() {
         assert_eq!(NetnsRef::named("c1").to_string(), "/var/run/netns/c1");
         assert_eq!(NetnsRef::of_process(42).to_string(), "/proc/42/ns/net");
+    }
+
+    /// Whether a root-only test may run; panics when it may not but must (under CI, which
+    /// runs as root and must not skip these silently).
+    fn privileged(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: must run as root under CI"
+        );
+        println!("SKIPPED: needs root ({test})");
+        false
+    }
+
+    /// A namespace made with `ip netns add` holding a veth pair `eth0`-`peer0`, both ends
+    /// up; deleted, with everything in it, when dropped.
+    struct TestNetns {
+        name: String,
+    }
+
+    impl TestNetns {
+        fn create() -> Self {
+            use rand_core::RngCore;
+            let name = format!("ztcv-{:08x}", rand_core::OsRng.next_u32());
+            ip(&["netns", "add", &name]);
+            let netns = Self { name };
+            netns.ip(&[
+                "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+            ]);
+            netns.ip(&["link", "set", "peer0", "up"]);
+            netns
+        }
+
+        fn reference(&self) -> NetnsRef {
+            NetnsRef::named(&self.name)
+        }
+
+        fn ip(&self, arguments: &[&str]) {
+            let mut all = vec!["-n", self.name.as_str()];
+            all.extend_from_slice(arguments);
+            ip(&all);
+        }
+
+        fn ip_json(&self, arguments: &[&str]) -> serde_json::Value {
+            let output = std::process::Command::new("ip")
+                .args(["-n", &self.name, "-j"])
+                .args(arguments)
+                .output()
+                .expect("run ip");
+            assert!(
+                output.status.success(),
+                "ip -n {} {arguments:?}: {}",
+                self.name,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_slice(&output.stdout).expect("ip -j prints JSON")
+        }
+
+        /// `(address, prefix length)` of every address on `ifname`.
+        fn addresses(&self, ifname: &str) -> Vec<(IpAddr, u64)> {
+            let shown = self.ip_json(&["addr", "show", "dev", ifname]);
+            shown[0]["addr_info"]
+                .as_array()
+                .expect("addr_info")
+                .iter()
+                .map(|info| {
+                    let local = info["local"].as_str().expect("local");
+                    (
+                        local.parse().expect("an address"),
+                        info["prefixlen"].as_u64().expect("prefixlen"),
+                    )
+                })
+                .collect()
+        }
+
+        /// `destination protocol [via gateway]` of every route through `ifname` in the main
+        /// table, both families.
+        fn routes(&self, ifname: &str) -> Vec<String> {
+            let mut routes = Vec::new();
+            for family in ["-4", "-6"] {
+                let shown = self.ip_json(&[family, "route", "show", "dev", ifname]);
+                for route in shown.as_array().expect("routes") {
+                    let mut text = format!(
+                        "{} {}",
+                        route["dst"].as_str().expect("dst"),
+                        route["protocol"].as_str().unwrap_or("boot")
+                    );
+                    if let Some(gateway) = route["gateway"].as_str() {
+                        text.push_str(&format!(" via {gateway}"));
+                    }
+                    routes.push(text);
+                }
+            }
+            routes.sort();
+            routes
+        }
+    }
+
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+
+    fn ip(arguments: &[&str]) {
+        let output = std::process::Command::new("ip")
+            .args(arguments)
+            .output()
+            .expect("run ip");
+        assert!(
+            output.status.success(),
+            "ip {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn route(target: &str, prefix: u8, via: Option<&str>) -> ManagedRoute {
+        ManagedRoute {
+            target: (target.parse().unwrap(), prefix),
+            via: via.map(|gateway| gateway.parse().unwrap()),
+        }
+    }
+
+    /// Root only; network safety: everything happens inside a namespace the test creates,
+    /// on a veth pair made inside it.
+    #[tokio::test]
+    async fn configuring_again_removes_what_the_new_spec_no_longer_has() {
+        if !privileged("configuring_again_removes_what_the_new_spec_no_longer_has") {
+            return;
+        }
+        let container = TestNetns::create();
+        // Not ours to touch: an address and a route on the other end of the pair.
+        container.ip(&["addr", "add", "10.1.0.200/24", "dev", "peer0"]);
+        container.ip(&["route", "add", "10.4.0.0/16", "dev", "peer0"]);
+        let worker = NetnsWorker::start().expect("start the plumbing thread");
+        let first = LinkSpec {
+            mac: [0x02, 0x13, 0x23, 0x00, 0x00, 0x05],
+            mtu: 2800,
+            addresses: vec![
+                ("10.1.0.5".parse().unwrap(), 24),
+                ("fd00::5".parse().unwrap(), 64),
+            ],
+            routes: vec![
+                route("10.2.0.0", 16, None),
+                route("10.5.0.0", 16, Some("10.1.0.1")),
+            ],
+            default_route_via: Some("10.1.0.1".parse().unwrap()),
+            up: true,
+        };
+        worker
+            .configure(container.reference(), "eth0", first.clone())
+            .await
+            .expect("configure the first spec");
+        let addresses = container.addresses("eth0");
+        for expected in [("10.1.0.5", 24), ("fd00::5", 64)] {
+            let expected = (expected.0.parse().unwrap(), expected.1);
+            assert!(
+                addresses.contains(&expected),
+                "{expected:?} in {addresses:?}"
+            );
+        }
+        let routes = container.routes("eth0");
+        for expected in [
+            "10.2.0.0/16 static",
+            "10.5.0.0/16 static via 10.1.0.1",
+            "default static via 10.1.0.1",
+        ] {
+            assert!(
+                routes.iter().any(|r| r == expected),
+                "{expected} in {routes:?}"
+            );
+        }
+
+        let second = LinkSpec {
+            addresses: vec![("10.1.0.6".parse().unwrap(), 24)],
+            routes: vec![
+                route("10.3.0.0", 16, None),
+                // Same target, another gateway.
+                route("10.5.0.0", 16, Some("10.1.0.2")),
+            ],
+            default_route_via: None,
+            ..first
+        };
+        for attempt in ["once", "twice"] {
+            worker
+                .configure(container.reference(), "eth0", second.clone())
+                .await
+                .unwrap_or_else(|error| panic!("configure the second spec {attempt}: {error}"));
+            let addresses = container.addresses("eth0");
+            let (link_local, others): (Vec<_>, Vec<_>) =
+                addresses.iter().copied().partition(|(address, prefix)| {
+                    matches!(address, IpAddr::V6(v6) if v6.is_unicast_link_local()) && *prefix == 64
+                });
+            assert_eq!(
+                others,
+                vec![("10.1.0.6".parse::<IpAddr>().unwrap(), 24)],
+                "{attempt}: only the new address besides link-local: {addresses:?}"
+            );
+            assert!(
+                link_local.len() <= 1,
+                "{attempt}: the kernel's link-local address at most: {addresses:?}"
+            );
+            let routes = container.routes("eth0");
+            let mut expected = vec![
+                "10.1.0.0/24 kernel".to_owned(),
+                "10.3.0.0/16 static".to_owned(),
+                "10.5.0.0/16 static via 10.1.0.2".to_owned(),
+            ];
+            if attempt == "twice" {
+                expected.push("10.6.0.0/16 dhcp".to_owned());
+            }
+            let ipv6_routes: Vec<&String> = routes.iter().filter(|r| r.contains(':')).collect();
+            assert!(
+                ipv6_routes.iter().all(|r| r.starts_with("fe80::/64 ")),
+                "{attempt}: no IPv6 route but link-local's: {routes:?}"
+            );
+            expected.extend(ipv6_routes.into_iter().cloned());
+            expected.sort();
+            assert_eq!(routes, expected, "{attempt}");
+            // Another protocol's route (a DHCP client's) on eth0, which must stay.
+            container.ip(&[
+                "route",
+                "replace",
+                "10.6.0.0/16",
+                "dev",
+                "eth0",
+                "proto",
+                "dhcp",
+            ]);
+        }
+
+        // The other end kept what it had.
+        assert!(container
+            .addresses("peer0")
+            .contains(&("10.1.0.200".parse().unwrap(), 24)));
+        assert!(container
+            .routes("peer0")
+            .contains(&"10.4.0.0/16 boot".to_owned()));
     }
 
     #[tokio::test]
