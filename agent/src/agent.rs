@@ -14,12 +14,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
+use crate::authorize::ControllerCredentials;
 use crate::controller::ControllerService;
-use crate::driver::PluginState;
 use crate::driver::{wall_clock, Driver, LocalInfo};
+use crate::driver::{PluginState, ENDPOINT_IDENTITIES_READY};
 use crate::endpoint_manager::DriverEndpointManager;
 use crate::endpoints::EndpointStore;
 use crate::home::{Home, PLANET};
+use crate::identity_pool::IdentityPool;
 use crate::networks::NetworksDir;
 use crate::plugin_api::{self, PluginApiServer};
 use crate::plumbing::NetnsWorker;
@@ -40,6 +42,8 @@ pub struct RunOptions {
     pub api_bind: IpAddr,
     /// The plugin API's Unix socket; `None` serves none.
     pub socket: Option<PathBuf>,
+    /// A controller API the agent authorizes its container endpoints with.
+    pub controller_credentials: Option<ControllerCredentials>,
 }
 
 /// A started agent: sockets bound, home ready, API listening.
@@ -148,15 +152,20 @@ impl Agent {
                 .with_context(|| format!("cannot serve the plugin API on {}", socket.display()))?;
             tracing::info!("plugin API on {}", socket.display());
             plugin_server = Some(server);
-            driver = driver
-                .with_endpoint_frames(endpoint_rx)
-                .with_plugin(PluginState::new(
+            driver = driver.with_endpoint_frames(endpoint_rx).with_plugin(
+                PluginState::new(
                     plugin_rx,
                     plugin_tx,
                     worker,
                     EndpointStore::new(&options.home),
                     endpoint_tx,
-                ));
+                )
+                .with_identity_pool(IdentityPool::persistent(
+                    ENDPOINT_IDENTITIES_READY,
+                    options.home.join(IdentityPool::FILE_NAME),
+                ))
+                .with_credentials(options.controller_credentials.clone()),
+            );
         }
         Ok(Self {
             driver,
@@ -246,6 +255,7 @@ mod tests {
             port,
             api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             socket: None,
+            controller_credentials: None,
         };
         let agent = Agent::start(&options).await.expect("agent starts");
         let address = agent.address;

@@ -24,10 +24,12 @@ use crate::api::{
     endpoint_text, ApiRequest, EchoReport, PathReport, PeerReport, StatusConfig, StatusReport,
     StatusSettings, ECHO_TIMEOUT,
 };
+use crate::authorize::{authorize_member, ControllerCredentials};
 use crate::controller::ControllerService;
 use crate::endpoint_manager::{describe, PluginRequest};
 use crate::endpoints::{EndpointRecord, EndpointStore, TapEndpointPort};
 use crate::home::Home;
+use crate::identity_pool::IdentityPool;
 use crate::networks::LocalSettings;
 use crate::plugin_api::{
     ApiError, AttachRequest, DetachResponse, Endpoint as PluginEndpoint, EndpointCounters,
@@ -45,6 +47,8 @@ const RECEIVE_BUFFER: usize = 65_536;
 const MAX_PENDING_ECHOES: usize = 1024;
 /// How often the taps' multicast groups are read from the OS.
 const MULTICAST_SCAN_PERIOD: Duration = Duration::from_secs(5);
+/// Endpoint identities kept ready (each takes a fraction of a second to make).
+pub const ENDPOINT_IDENTITIES_READY: usize = 3;
 
 /// A container endpoint's virtual port, as the driver sees it: where its node's frames go
 /// and what its network's config changes. The real one is a tap in the container's
@@ -54,6 +58,12 @@ pub trait EndpointPort: Send {
     fn deliver(&mut self, frame: &[u8]);
     /// A new config of the endpoint's network (addresses, routes, MTU to apply).
     fn configure(&mut self, config: &node_core::vl2::config::NetworkConfig);
+    /// Whether the config of `revision` is in place on the interface (applying may take a
+    /// moment after [`EndpointPort::configure`]).
+    fn is_applied(&self, revision: u64) -> bool {
+        let _ = revision;
+        true
+    }
 }
 
 /// A frame from an endpoint's interface, tagged with the endpoint's node address.
@@ -154,6 +164,12 @@ pub struct PluginState {
     pub store: EndpointStore,
     pub frames: mpsc::Sender<EndpointFrame>,
     waiters: Vec<AttachWaiter>,
+    /// Woken when an endpoint's config is in place, to answer its waiting attaches.
+    applied: std::sync::Arc<tokio::sync::Notify>,
+    /// Identities for new endpoints, made ahead of time.
+    identities: IdentityPool,
+    /// With these, the agent authorizes its new endpoints on their networks itself.
+    credentials: Option<std::sync::Arc<ControllerCredentials>>,
 }
 
 impl PluginState {
@@ -171,7 +187,23 @@ impl PluginState {
             store,
             frames,
             waiters: Vec::new(),
+            applied: std::sync::Arc::default(),
+            identities: IdentityPool::new(ENDPOINT_IDENTITIES_READY),
+            credentials: None,
         }
+    }
+
+    /// New endpoints take their identities from `pool` (started here).
+    pub fn with_identity_pool(mut self, pool: IdentityPool) -> Self {
+        pool.start();
+        self.identities = pool;
+        self
+    }
+
+    /// New endpoints are authorized through the controller API these credentials are for.
+    pub fn with_credentials(mut self, credentials: Option<ControllerCredentials>) -> Self {
+        self.credentials = credentials.map(std::sync::Arc::new);
+        self
     }
 }
 
@@ -179,6 +211,9 @@ impl PluginState {
 struct AttachWaiter {
     address: Address,
     deadline: Instant,
+    /// Why the agent could not authorize the endpoint itself, for the error if it stays
+    /// unauthorized.
+    authorize_error: Option<String>,
     reply: oneshot::Sender<Result<crate::plugin_api::Endpoint, crate::plugin_api::ApiError>>,
 }
 
@@ -306,9 +341,18 @@ impl<T: Transport> Driver<T> {
             else {
                 continue;
             };
-            if !record.netns.exists() {
-                tracing::info!(key = %record.key, "container namespace gone; endpoint not restored");
-                continue;
+            match &request.netns {
+                None => {
+                    // Its runtime moved the tap somewhere we do not know; the record keeps
+                    // the identity for when the runtime attaches it again.
+                    tracing::info!(key = %record.key, "endpoint without a namespace; not restored");
+                    continue;
+                }
+                Some(netns) if !netns.exists() => {
+                    tracing::info!(key = %record.key, "container namespace gone; endpoint not restored");
+                    continue;
+                }
+                Some(_) => {}
             }
             let (reply, _) = oneshot::channel();
             tracing::info!(key = %record.key, "restoring endpoint");
@@ -330,50 +374,70 @@ impl<T: Transport> Driver<T> {
             )));
             return;
         };
-        let Some(netns) = request.netns.clone() else {
-            let _ = reply.send(Err(ApiError::new(
-                ApiErrorCode::UnsupportedOperation,
-                "an attach without a network namespace is not supported yet",
-            )));
-            return;
-        };
-        if !netns.exists() {
-            let _ = reply.send(Err(ApiError::netns_not_found(&netns)));
+        // Without a namespace the tap stays here, for the caller to move (Docker).
+        let netns = request.netns.clone();
+        if let Some(netns) = netns.as_ref().filter(|n| !n.exists()) {
+            let _ = reply.send(Err(ApiError::netns_not_found(netns)));
             return;
         }
-        let (store, worker, frames, loopback) = (
+        let (store, worker, frames, loopback, applied) = (
             plugin.store.clone(),
             plugin.worker.clone(),
             plugin.frames.clone(),
             plugin.loopback.clone(),
+            plugin.applied.clone(),
         );
+        let (identities, credentials) = (plugin.identities.clone(), plugin.credentials.clone());
         tokio::spawn(async move {
-            let saved = store
-                .load(request.key.as_str())
-                .ok()
-                .flatten()
+            let record = store.load(request.key.as_str()).ok().flatten();
+            let saved = record
+                .as_ref()
                 .and_then(|r| r.identity.parse::<Identity>().ok())
                 .filter(Identity::has_secret);
+            let saved_config = record
+                .as_ref()
+                .filter(|_| saved.is_some())
+                .and_then(|r| r.saved_config(request.network))
+                .map(Box::new);
             let identity = match saved {
                 Some(identity) => identity,
-                None => tokio::task::spawn_blocking(|| Identity::generate(&mut rand_core::OsRng))
-                    .await
-                    .unwrap_or_else(|_| Identity::generate(&mut rand_core::OsRng)),
+                None => identities.take().await,
+            };
+            // With controller credentials, the member is authorized before it first asks for
+            // its config, so that the first answer is a config. A restored endpoint (with a
+            // saved config) was authorized before: an administrator's later decision stands.
+            let authorize_error = match (&credentials, &saved_config) {
+                (Some(credentials), None) => authorize_member(
+                    credentials,
+                    request.network,
+                    identity.address(),
+                    Some(request.key.as_str()),
+                )
+                .await
+                .map_err(|e| {
+                    tracing::warn!(key = %request.key, "cannot authorize the endpoint: {e}");
+                    e.to_string()
+                })
+                .err(),
+                _ => None,
             };
             let port = TapEndpointPort::open(
                 worker,
                 identity.address(),
                 request.network,
-                NetnsRef::path(netns),
+                netns.map(NetnsRef::path),
                 request.if_name.as_str(),
                 frames,
+                applied,
             )
             .await
             .map_err(|e| ApiError::new(ApiErrorCode::Internal, e.to_string()));
             let _ = loopback
                 .send(PluginRequest::Opened {
                     request,
-                    identity,
+                    identity: Box::new(identity),
+                    saved_config,
+                    authorize_error,
                     port,
                     reply,
                 })
@@ -418,7 +482,7 @@ impl<T: Transport> Driver<T> {
                         .then_some(*a)
                 });
                 if let Some(address) = same {
-                    self.wait_for(address, &request, reply);
+                    self.wait_for(address, &request, reply, None);
                     return;
                 }
                 // A new container under the key replaces the old endpoint.
@@ -436,10 +500,12 @@ impl<T: Transport> Driver<T> {
             PluginRequest::Opened {
                 request,
                 identity,
+                saved_config,
+                authorize_error,
                 port,
                 reply,
             } => {
-                let port = match port {
+                let mut port = match port {
                     Ok(port) => port,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -447,11 +513,16 @@ impl<T: Transport> Driver<T> {
                     }
                 };
                 let now = wall_clock();
-                let mut config = NodeConfig::new(identity.clone(), self.node.planet().clone());
+                let mut config = NodeConfig::new((*identity).clone(), self.node.planet().clone());
                 config.moons = self.node.moons().to_vec();
                 config.rng_seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
                 let mut node = Node::new(config, now);
-                node.join(now, request.network, None);
+                // A saved config puts the addresses back at once; the controller is asked
+                // for a fresh one all the same.
+                if let Some(saved) = &saved_config {
+                    port.configure(saved);
+                }
+                node.join(now, request.network, saved_config.map(|c| *c));
                 let address = node.address();
                 if let Some(plugin) = &self.plugin {
                     let record = EndpointRecord {
@@ -461,6 +532,11 @@ impl<T: Transport> Driver<T> {
                         if_name: request.if_name.as_str().to_string(),
                         identity: identity.to_secret_string().unwrap_or_default(),
                         attach: serde_json::to_value(&request).ok(),
+                        config: node
+                            .network(request.network)
+                            .and_then(|n| n.config)
+                            .and_then(|c| c.to_dictionary().ok())
+                            .map(|d| hex::encode(d.into_bytes())),
                     };
                     if let Err(e) = plugin.store.save(&record) {
                         tracing::error!(key = %record.key, "cannot save the endpoint record: {e}");
@@ -474,7 +550,7 @@ impl<T: Transport> Driver<T> {
                     request: Some(request.clone()),
                     counters: EndpointCounters::default(),
                 });
-                self.wait_for(address, &request, reply);
+                self.wait_for(address, &request, reply, authorize_error);
             }
             PluginRequest::Detach { target, reply } => {
                 let found = self.find_endpoints(&target);
@@ -498,7 +574,32 @@ impl<T: Transport> Driver<T> {
                     }
                     None => Err(ApiError::new(ApiErrorCode::NotFound, "no such endpoint")),
                 };
-                let _ = reply.send(answer);
+                // Ready as far as the node knows: the interface must still be in the
+                // container too (somebody may have deleted it by hand).
+                let (Ok(endpoint), Some(plugin)) = (&answer, &self.plugin) else {
+                    let _ = reply.send(answer);
+                    return;
+                };
+                let Some(netns) = endpoint.netns.clone() else {
+                    let _ = reply.send(answer);
+                    return;
+                };
+                let worker = plugin.worker.clone();
+                let if_name = endpoint.if_name.as_str().to_string();
+                tokio::spawn(async move {
+                    let answer = match worker.link_exists(NetnsRef::path(netns), &if_name).await {
+                        Ok(true) => answer,
+                        Ok(false) => Err(ApiError::new(
+                            ApiErrorCode::NotReady,
+                            format!("interface {if_name} is missing in the container"),
+                        )),
+                        Err(e) => Err(ApiError::new(
+                            ApiErrorCode::NotReady,
+                            format!("cannot look at interface {if_name} in the container: {e}"),
+                        )),
+                    };
+                    let _ = reply.send(answer);
+                });
             }
             PluginRequest::Status { reply } => {
                 let online = self.node.is_online(wall_clock());
@@ -546,6 +647,7 @@ impl<T: Transport> Driver<T> {
         address: Address,
         request: &AttachRequest,
         reply: oneshot::Sender<Result<PluginEndpoint, ApiError>>,
+        authorize_error: Option<String>,
     ) {
         let Some(plugin) = self.plugin.as_mut() else {
             return;
@@ -553,6 +655,7 @@ impl<T: Transport> Driver<T> {
         plugin.waiters.push(AttachWaiter {
             address,
             deadline: Instant::now() + request.wait_duration(),
+            authorize_error,
             reply,
         });
         self.answer_waiters();
@@ -581,7 +684,19 @@ impl<T: Transport> Driver<T> {
             if described.state == EndpointState::Ready {
                 let _ = waiter.reply.send(Ok(described));
             } else if now >= waiter.deadline {
-                let _ = waiter.reply.send(described.readiness().map(|()| described));
+                let answer = described.readiness().map(|()| described).map_err(|mut e| {
+                    if let (ApiErrorCode::NotAuthorized, Some(why)) =
+                        (e.code, &waiter.authorize_error)
+                    {
+                        e.message = format!(
+                            "{} (the agent tried to authorize it with its controller \
+                             credentials: {why})",
+                            e.message
+                        );
+                    }
+                    e
+                });
+                let _ = waiter.reply.send(answer);
             } else if !waiter.reply.is_closed() {
                 plugin.waiters.push(waiter);
             }
@@ -667,6 +782,7 @@ impl<T: Transport> Driver<T> {
         });
         self.restore_endpoints();
         let mut multicast_scan = tokio::time::interval(MULTICAST_SCAN_PERIOD);
+        let applied = self.plugin.as_ref().map(|p| p.applied.clone());
         // Anything the node queued at construction (first HELLOs) goes out now.
         self.flush().await?;
         loop {
@@ -691,6 +807,7 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Some(request) = recv_frame(&mut plugin_requests) => self.handle_plugin(request),
+                () = notified(applied.as_deref()) => self.answer_waiters(),
                 _ = multicast_scan.tick() => {
                     self.scan_multicast_groups();
                     self.answer_waiters();
@@ -733,8 +850,15 @@ impl<T: Transport> Driver<T> {
                         tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
                     }
                 }
+                let store = self.plugin.as_ref().map(|p| &p.store);
                 while let Some(event) = endpoint.node.poll_event() {
-                    handle_endpoint_event(endpoint, event, self.home.as_ref(), &mut self.switched);
+                    handle_endpoint_event(
+                        endpoint,
+                        event,
+                        self.home.as_ref(),
+                        store,
+                        &mut self.switched,
+                    );
                 }
             }
             if self.switched.is_empty() {
@@ -1137,6 +1261,7 @@ fn handle_endpoint_event(
     endpoint: &mut Endpoint,
     event: Event,
     home: Option<&Home>,
+    store: Option<&EndpointStore>,
     switched: &mut Vec<SwitchedFrame>,
 ) {
     match event {
@@ -1158,10 +1283,21 @@ fn handle_endpoint_event(
             payload,
         }),
         Event::NetworkConfigUpdated {
-            network_id, config, ..
+            network_id,
+            config,
+            dictionary,
         } if network_id == endpoint.network => {
             tracing::info!(key = %endpoint.key, network = %network_id, "endpoint config updated");
             endpoint.port.configure(&config);
+            // Kept with the endpoint's record, to be applied at once after a restart. Written
+            // here, in order with the record's other writes and its removal (configs are
+            // rare: at attach and when the controller changes something).
+            if let Some(Ok(Some(mut record))) = store.map(|s| s.load(&endpoint.key)) {
+                record.config = Some(hex::encode(&dictionary));
+                if let Err(e) = store.map_or(Ok(()), |s| s.save(&record)) {
+                    tracing::warn!(key = %endpoint.key, "cannot save the endpoint's config: {e}");
+                }
+            }
         }
         Event::NetworkStatusChanged { network_id, status } => {
             tracing::info!(key = %endpoint.key, network = %network_id, status = status.as_str(), "endpoint network status");
@@ -1179,6 +1315,14 @@ fn handle_endpoint_event(
             tracing::error!(key = %endpoint.key, "endpoint identity collides with another node's");
         }
         other => tracing::debug!(key = %endpoint.key, "endpoint event ignored: {other:?}"),
+    }
+}
+
+/// A notification, or never when there is nothing to notify.
+async fn notified(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,7 +41,11 @@ pub enum PluginRequest {
     /// in the container.
     Opened {
         request: AttachRequest,
-        identity: Identity,
+        identity: Box<Identity>,
+        /// The network's config saved by an earlier run, applied at once.
+        saved_config: Option<Box<node_core::vl2::config::NetworkConfig>>,
+        /// Why authorizing it with the agent's controller credentials failed, if it did.
+        authorize_error: Option<String>,
         port: Result<TapEndpointPort, ApiError>,
         reply: oneshot::Sender<Result<Endpoint, ApiError>>,
     },
@@ -126,8 +130,9 @@ impl EndpointManager for DriverEndpointManager {
 pub fn describe(hosted: &HostedEndpoint, request: &AttachRequest) -> Endpoint {
     let info = hosted.node.network(hosted.network);
     let config = info.as_ref().and_then(|n| n.config.as_ref());
+    let applied = config.is_some_and(|c| hosted.port.is_applied(c.revision));
     let state = match info.as_ref().map(|n| n.status) {
-        Some(NetworkStatus::Ok) if config.is_some() => EndpointState::Ready,
+        Some(NetworkStatus::Ok) if applied => EndpointState::Ready,
         Some(NetworkStatus::AccessDenied) => EndpointState::AccessDenied,
         Some(NetworkStatus::NotFound) => EndpointState::NetworkNotFound,
         _ => EndpointState::Pending,

@@ -9,13 +9,14 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use node_core::vl2::config::{NetworkConfig, DEFAULT_MTU};
 use node_core::vl2::{Mac, NetworkId};
 use node_core::Address;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::driver::{EndpointFrame, EndpointPort};
@@ -46,6 +47,20 @@ pub struct EndpointRecord {
     /// The attach request that made the endpoint (to make it again after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<serde_json::Value>,
+    /// The network's last config (its dictionary, in hex), applied at once after a restart
+    /// while the controller is asked again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+}
+
+impl EndpointRecord {
+    /// The saved config, when there is one that parses and belongs to `network`.
+    pub fn saved_config(&self, network: NetworkId) -> Option<NetworkConfig> {
+        let bytes = hex::decode(self.config.as_deref()?).ok()?;
+        NetworkConfig::from_bytes(&bytes)
+            .ok()
+            .filter(|c| c.network_id == network)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,10 +150,21 @@ impl EndpointStore {
 pub struct TapEndpointPort {
     tap: Arc<Tap>,
     worker: NetnsWorker,
-    netns: NetnsRef,
+    /// The container's namespace; `None` leaves the tap in ours for the caller to move
+    /// (Docker does, and applies the addresses itself).
+    netns: Option<NetnsRef>,
     if_name: String,
     mac: Mac,
     reader: JoinHandle<()>,
+    /// The revision of the last config whose addresses and routes are in place, plus one
+    /// (0: none yet); set by the netlink task when it is done.
+    applied: Arc<AtomicU64>,
+    /// Woken when a config has been applied (attaches wait for that).
+    applied_notify: Arc<Notify>,
+    /// The newest spec to apply; one task applies them in order, skipping superseded ones
+    /// (an older spec applied after a newer one would remove the newer addresses).
+    pending: watch::Sender<Option<(u64, LinkSpec)>>,
+    configurer: Option<JoinHandle<()>>,
 }
 
 impl TapEndpointPort {
@@ -149,11 +175,33 @@ impl TapEndpointPort {
         worker: NetnsWorker,
         address: Address,
         network: NetworkId,
-        netns: NetnsRef,
+        netns: Option<NetnsRef>,
         if_name: &str,
         frames: mpsc::Sender<EndpointFrame>,
+        applied_notify: Arc<Notify>,
     ) -> Result<Self, PlumbingError> {
         let mac = Mac::from_address(address, network);
+        let Some(netns) = netns else {
+            // Named as asked, in our namespace, with its MAC and MTU and up; whoever moves it
+            // (Docker) addresses it.
+            let tap = Tap::create(if_name, mac.0, DEFAULT_MTU).map_err(|e| {
+                PlumbingError::InvalidInput(format!("cannot create tap {if_name}: {e}"))
+            })?;
+            let tap = Arc::new(tap);
+            let reader = tokio::spawn(read_frames(address, tap.clone(), frames));
+            return Ok(Self {
+                tap,
+                worker,
+                netns: None,
+                if_name: if_name.to_string(),
+                mac,
+                reader,
+                applied: Arc::new(AtomicU64::new(0)),
+                applied_notify,
+                pending: watch::Sender::new(None),
+                configurer: None,
+            });
+        };
         // A name unique on this host while the tap is still ours.
         let temporary = format!("zte{}", &address.to_string()[..8]);
         let tap = Tap::create(&temporary, mac.0, DEFAULT_MTU)
@@ -171,10 +219,14 @@ impl TapEndpointPort {
         Ok(Self {
             tap,
             worker,
-            netns,
+            netns: Some(netns),
             if_name: if_name.to_string(),
             mac,
             reader,
+            applied: Arc::new(AtomicU64::new(0)),
+            applied_notify,
+            pending: watch::Sender::new(None),
+            configurer: None,
         })
     }
 }
@@ -182,6 +234,9 @@ impl TapEndpointPort {
 impl Drop for TapEndpointPort {
     fn drop(&mut self) {
         self.reader.abort();
+        if let Some(configurer) = &self.configurer {
+            configurer.abort();
+        }
     }
 }
 
@@ -193,6 +248,13 @@ impl EndpointPort for TapEndpointPort {
     }
 
     fn configure(&mut self, config: &NetworkConfig) {
+        let Some(netns) = self.netns.clone() else {
+            // Whoever moved the interface applies the addresses (from the attach's answer).
+            self.applied
+                .store(config.revision.saturating_add(1), Ordering::Release);
+            self.applied_notify.notify_one();
+            return;
+        };
         let settings = LocalSettings::default();
         let spec = LinkSpec {
             mac: self.mac.0,
@@ -202,17 +264,47 @@ impl EndpointPort for TapEndpointPort {
             default_route_via: None,
             up: true,
         };
-        let (worker, netns, if_name) = (
-            self.worker.clone(),
-            self.netns.clone(),
-            self.if_name.clone(),
-        );
-        // Netlink work happens on the worker's thread; the packet loop does not wait for it.
-        tokio::spawn(async move {
-            if let Err(e) = worker.configure(netns, &if_name, spec).await {
-                tracing::warn!(interface = %if_name, "cannot configure the endpoint: {e}");
+        self.pending.send_replace(Some((config.revision, spec)));
+        if self.configurer.is_none() {
+            // Netlink work happens on the worker's thread; the packet loop does not wait.
+            self.configurer = Some(tokio::spawn(apply_configs(
+                self.worker.clone(),
+                netns,
+                self.if_name.clone(),
+                self.pending.subscribe(),
+                self.applied.clone(),
+                self.applied_notify.clone(),
+            )));
+        }
+    }
+
+    fn is_applied(&self, revision: u64) -> bool {
+        self.applied.load(Ordering::Acquire) == revision.saturating_add(1)
+    }
+}
+
+/// Applies an endpoint's specs one after the other, always the newest one pending.
+async fn apply_configs(
+    worker: NetnsWorker,
+    netns: NetnsRef,
+    if_name: String,
+    mut pending: watch::Receiver<Option<(u64, LinkSpec)>>,
+    applied: Arc<AtomicU64>,
+    notify: Arc<Notify>,
+) {
+    // The spec sent before subscribing counts as unseen.
+    pending.mark_changed();
+    while pending.changed().await.is_ok() {
+        let Some((revision, spec)) = pending.borrow_and_update().clone() else {
+            continue;
+        };
+        match worker.configure(netns.clone(), &if_name, spec).await {
+            Ok(()) => {
+                applied.store(revision.saturating_add(1), Ordering::Release);
+                notify.notify_one();
             }
-        });
+            Err(e) => tracing::warn!(interface = %if_name, "cannot configure the endpoint: {e}"),
+        }
     }
 }
 
@@ -248,6 +340,7 @@ mod tests {
             if_name: "eth0".into(),
             identity: "0123456789:0:00:00".into(),
             attach: None,
+            config: None,
         }
     }
 

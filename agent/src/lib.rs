@@ -13,8 +13,11 @@
 //! - [`tap`]: the Linux tap device of a virtual network; [`netconf`]: its addresses, routes, MTU.
 //! - [`endpoints`]: container endpoints' records and their tap in the container;
 //!   [`endpoint_manager`]: the plugin API served by the driver.
+//! - [`identity_pool`]: endpoint identities generated ahead of time, so attaches do not wait.
 //! - [`plumbing`]: moving endpoint interfaces into container namespaces and configuring them
 //!   there, on a thread of its own.
+//! - [`authorize`]: authorizing the agent's own endpoints on a private network's controller,
+//!   given its credentials (a ZeroTier One-style controller API or ZeroTier Central's).
 //! - [`plugin_api`]: the Unix-socket JSON API the CNI plugin and Docker driver call;
 //!   [`plugin_client`]: its blocking client.
 //! - [`client`], [`cli`]: the command-line tools (idtool, mkworld, info, listpeers, echo,
@@ -22,6 +25,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod authorize;
 pub mod cli;
 pub mod client;
 pub mod controller;
@@ -29,6 +33,7 @@ pub mod driver;
 pub mod endpoint_manager;
 pub mod endpoints;
 pub mod home;
+pub mod identity_pool;
 pub mod metrics;
 pub mod netconf;
 pub mod networks;

@@ -3,8 +3,9 @@
 //! - `run`: the node over UDP with ZeroTier One's home layout, and the local HTTP API.
 //! - `idtool`, `mkworld`: identities and worlds (zerotier-idtool's personality).
 //! - `info`, `listpeers`, `peers`, `echo`: clients of the local API (zerotier-cli's).
+//! - `endpoints`, `attach`, `detach`, `check`: clients of the plugin API's Unix socket.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +16,11 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use zt_agent::authorize::{ControllerApi, ControllerCredentials};
+use zt_agent::cli::endpoints::{AttachArgs, EndpointRefArgs, SocketArg};
 use zt_agent::cli::idtool::IdtoolCommand;
 use zt_agent::cli::query::{self, Failure, DEFAULT_PORT};
+use zt_agent::plugin_client::PluginClient;
 use zt_agent::{agent, cli, client};
 
 /// Where the agent keeps its state unless told otherwise.
@@ -41,6 +45,70 @@ struct Cli {
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Controller credentials for `run`: with them the agent authorizes its own container
+/// endpoints on private networks; without them an attach names the member to authorize.
+#[derive(Debug, clap::Args)]
+struct ControllerArgs {
+    /// Base URL of the controller API that authorizes container endpoints: a ZeroTier One
+    /// style API (e.g. http://10.0.0.1:9993) or, with `--controller-api central`, a
+    /// Central-compatible API v1 (e.g. http://central.example/api/v1). http:// only.
+    #[arg(long, env = "ZT_CONTROLLER_URL", requires = "controller_token_source")]
+    controller_url: Option<String>,
+    /// File holding the controller API token (e.g. the controller's authtoken.secret).
+    #[arg(
+        long,
+        env = "ZT_CONTROLLER_TOKEN_FILE",
+        group = "controller_token_source"
+    )]
+    controller_token_file: Option<PathBuf>,
+    /// The controller API token itself (the file or the environment keep it out of `ps`).
+    #[arg(
+        long,
+        env = "ZT_CONTROLLER_TOKEN",
+        hide_env_values = true,
+        group = "controller_token_source"
+    )]
+    controller_token: Option<String>,
+    /// Which controller API: `zerotier` or `central`.
+    #[arg(long, env = "ZT_CONTROLLER_API", default_value = "zerotier")]
+    controller_api: String,
+    /// All of it in a JSON file: {"api": "zerotier"|"central", "url": "...", "token": "..."}
+    /// or with "tokenFile" instead of "token".
+    #[arg(
+        long,
+        env = "ZT_CONTROLLER_CREDENTIALS",
+        conflicts_with = "controller_url"
+    )]
+    controller_credentials: Option<PathBuf>,
+}
+
+impl ControllerArgs {
+    fn credentials(&self) -> Result<Option<ControllerCredentials>, String> {
+        if let Some(path) = &self.controller_credentials {
+            return ControllerCredentials::load(path)
+                .map(Some)
+                .map_err(|e| e.to_string());
+        }
+        let Some(url) = &self.controller_url else {
+            return Ok(None);
+        };
+        let api: ControllerApi = self.controller_api.parse().map_err(|e| format!("{e}"))?;
+        let token = match (&self.controller_token, &self.controller_token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+            (None, None) => {
+                return Err(
+                    "--controller-url needs --controller-token-file or --controller-token".into(),
+                )
+            }
+        };
+        ControllerCredentials::new(api, url.as_str(), token)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +140,8 @@ enum Command {
         /// Serve no plugin API.
         #[arg(long, conflicts_with = "socket")]
         no_socket: bool,
+        #[command(flatten)]
+        controller: ControllerArgs,
     },
     /// Status of the running agent.
     Info {
@@ -126,6 +196,32 @@ enum Command {
         #[arg(short = 'j')]
         json: bool,
     },
+    /// Container endpoints of the running agent (plugin API).
+    ///
+    /// One line per endpoint: key, container, interface, network, ZeroTier address, MAC,
+    /// state, IPs and packet counters (rx/tx through the interface, switched out/in
+    /// between endpoints of this agent).
+    Endpoints {
+        #[arg(short = 'j')]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Attach a container to a network (plugin API).
+    ///
+    /// The container becomes a ZeroTier member of its own, with an interface in its
+    /// namespace. Prints the endpoint. While the network refuses the member, fails after
+    /// --wait naming the member to authorize; attach again once it is authorized.
+    Attach(AttachArgs),
+    /// Detach a container's endpoint (plugin API).
+    ///
+    /// Name it by --key, or by --container-id and --if-name; every option given must match.
+    /// Detaching what is not attached succeeds.
+    Detach(EndpointRefArgs),
+    /// Check that an endpoint is in place and ready (plugin API).
+    ///
+    /// Name it by --key, or by --container-id and --if-name.
+    Check(EndpointRefArgs),
 }
 
 fn main() -> ExitCode {
@@ -159,14 +255,23 @@ fn main() -> ExitCode {
             api_bind,
             socket,
             no_socket,
+            controller,
         } => {
-            drop((out, err));
+            drop(out);
+            let credentials = match controller.credentials() {
+                Ok(credentials) => credentials,
+                Err(message) => {
+                    let _ = writeln!(err, "zt-agent run: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            drop(err);
             let socket = (!*no_socket).then(|| {
                 socket
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(zt_agent::plugin_api::DEFAULT_SOCKET))
             });
-            run(&cli, *api_bind, socket)
+            run(&cli, *api_bind, socket, credentials)
         }
         Command::Info { json } => client_command(&cli, |c| query::info(c, *json, &mut out)),
         Command::Listpeers { json } => {
@@ -200,8 +305,36 @@ fn main() -> ExitCode {
                 &mut out,
             )
         }),
+        Command::Endpoints { json, socket } => plugin_command(&cli, socket, |c| {
+            cli::endpoints::endpoints(c, *json, &mut out)
+        }),
+        Command::Attach(args) => plugin_command(&cli, &args.socket, |c| {
+            cli::endpoints::attach(c, &args.request()?, args.json, &mut out)
+        }),
+        Command::Detach(args) => plugin_command(&cli, &args.socket, |c| {
+            cli::endpoints::detach(c, &args.reference()?, args.json, &mut out)
+        }),
+        Command::Check(args) => plugin_command(&cli, &args.socket, |c| {
+            cli::endpoints::check(c, &args.reference()?, args.json, &mut out)
+        }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Runs a client command of the plugin API against the socket `--socket` or the home names.
+fn plugin_command(
+    cli: &Cli,
+    socket: &SocketArg,
+    command: impl FnOnce(&PluginClient) -> Result<(), Failure>,
+) -> i32 {
+    let client = PluginClient::new(socket.path(&cli.home));
+    match command(&client) {
+        Ok(()) => 0,
+        Err(failure) => {
+            eprintln!("{}", failure.message);
+            failure.code
+        }
+    }
 }
 
 fn client_command(
@@ -219,12 +352,22 @@ fn client_command(
     }
 }
 
-fn run(cli: &Cli, api_bind: IpAddr, socket: Option<PathBuf>) -> i32 {
+fn run(
+    cli: &Cli,
+    api_bind: IpAddr,
+    socket: Option<PathBuf>,
+    controller_credentials: Option<ControllerCredentials>,
+) -> i32 {
+    if let Some(credentials) = &controller_credentials {
+        // Debug hides the token.
+        tracing::info!("container endpoints are authorized with {credentials:?}");
+    }
     let options = agent::RunOptions {
         home: cli.home.clone(),
         port: cli.port.unwrap_or(DEFAULT_PORT),
         api_bind,
         socket,
+        controller_credentials,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

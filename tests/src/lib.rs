@@ -485,6 +485,11 @@ impl<'ns> Agent<'ns> {
     /// Starts the agent. `home` must already hold a `planet` that the test made: a test
     /// node never falls back to ZeroTier's built-in planet.
     pub fn start(netns: &'ns Netns, home: &Path, port: u16) -> Agent<'ns> {
+        Self::start_with(netns, home, port, &[])
+    }
+
+    /// [`Agent::start`] with more arguments for `zt-agent run`.
+    pub fn start_with(netns: &'ns Netns, home: &Path, port: u16, extra: &[&str]) -> Agent<'ns> {
         assert!(
             home.join("planet").is_file(),
             "refusing to start zt-agent without a test-made planet in {}",
@@ -505,6 +510,7 @@ impl<'ns> Agent<'ns> {
             .arg(port.to_string())
             .arg("--socket")
             .arg(home.join("agent.sock"))
+            .args(extra)
             .env("RUST_BACKTRACE", "1")
             .stdout(log_for_stdout)
             .stderr(log);

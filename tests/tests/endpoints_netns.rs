@@ -1,19 +1,22 @@
-//! Issue 4 (first slice): containers attached through the plugin Unix-socket API. Two hosts
-//! in namespaces, the first also root and controller; three "containers" (namespaces the
-//! test makes), two attached on the first host and one on the second. An attach on the
-//! private network fails with an error naming the member to authorize; authorized, it comes
-//! up with its addresses inside the container; all pairs ping; repeated attach and detach are
-//! harmless; detach after the namespace is gone succeeds; after `kill -9` and a restart the
-//! endpoint comes back with the same address and IP.
+//! Issue 4: containers attached through the plugin Unix-socket API. Two hosts in namespaces,
+//! the first also root and controller; three "containers" (namespaces the test makes), two
+//! attached on the first host and one on the second. An attach on the private network fails
+//! with an error naming the member to authorize; authorized, it comes up with its addresses
+//! inside the container; all pairs ping over IPv4 and IPv6 (RFC4193); the two containers of
+//! the first host are switched locally (their counters say so, and the UDP path is not
+//! used); repeated attach and detach are harmless; detach after the namespace is gone
+//! succeeds; after `kill -9` and a restart the endpoint comes back with the same address and
+//! IPs and answers pings again; restarted with controller credentials, the second host
+//! authorizes a new container's endpoint by itself.
 
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use node_core::vl2::NetworkId;
 use serde_json::json;
-use zt_agent::plugin_api::{AttachRequest, Endpoint, EndpointRef, ErrorCode};
+use zt_agent::plugin_api::{AttachRequest, Endpoint, EndpointCounters, EndpointRef, ErrorCode};
 use zt_agent::plugin_client::{ClientError, PluginClient};
 use zt_e2e::{
     generate_identity, make_planet, require_privileged, wait_until, Agent, Lan, Netns, TempDir,
@@ -88,6 +91,15 @@ fn ipv4_of(endpoint: &Endpoint) -> String {
         .expect("an IPv4 address")
 }
 
+fn ipv6_of(endpoint: &Endpoint) -> String {
+    endpoint
+        .ips
+        .iter()
+        .find(|p| p.address.is_ipv6())
+        .map(|p| p.address.to_string())
+        .expect("an IPv6 address")
+}
+
 fn ping_until(from: &Netns, target: &str) -> bool {
     wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
         from.command("ping")
@@ -99,6 +111,25 @@ fn ping_until(from: &Netns, target: &str) -> bool {
             .then_some(())
     })
     .is_some()
+}
+
+fn ping_count(from: &Netns, target: &str, count: u32) -> bool {
+    from.command("ping")
+        .args(["-c", &count.to_string(), "-i", "0.2", "-W", "1", target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn counters_of(client: &PluginClient, endpoint: &Endpoint) -> EndpointCounters {
+    client
+        .endpoints()
+        .expect("endpoints")
+        .into_iter()
+        .find(|e| e.address == endpoint.address)
+        .map(|e| e.counters)
+        .unwrap_or_else(|| panic!("endpoint {} is listed", endpoint.address))
 }
 
 #[test]
@@ -125,7 +156,13 @@ fn containers_attach_ping_and_survive_a_restart() {
     for home in &homes {
         fs::copy(&planet, home.join("planet")).expect("planet");
     }
-    let root = Agent::start(lan.host(0), &homes[0], AGENT_PORT);
+    // The controller's API answers the other host too (for its controller credentials).
+    let root = Agent::start_with(
+        lan.host(0),
+        &homes[0],
+        AGENT_PORT,
+        &["--api-bind", "0.0.0.0"],
+    );
     let mut host = Agent::start(lan.host(1), &homes[1], AGENT_PORT);
     for agent in [&root, &host] {
         assert!(
@@ -143,6 +180,7 @@ fn containers_attach_ping_and_survive_a_restart() {
             Some(&json!({
                 "name": "containers", "private": true,
                 "v4AssignMode": {"zt": true},
+                "v6AssignMode": {"zt": false, "rfc4193": true, "6plane": false},
                 "ipAssignmentPools": [{"ipRangeStart": "10.213.97.10", "ipRangeEnd": "10.213.97.250"}],
                 "routes": [{"target": "10.213.97.0/24"}],
             })),
@@ -160,8 +198,9 @@ fn containers_attach_ping_and_survive_a_restart() {
     let e2 = attach_authorized(&root_client, &root, nwid, "test/c2", &c2);
     let e3 = attach_authorized(&host_client, &root, nwid, "test/c3", &c3);
     let (ip1, ip2, ip3) = (ipv4_of(&e1), ipv4_of(&e2), ipv4_of(&e3));
+    let (ip6_1, ip6_2, ip6_3) = (ipv6_of(&e1), ipv6_of(&e2), ipv6_of(&e3));
     println!(
-        "c1 {ip1} ({}), c2 {ip2} ({}), c3 {ip3} ({})",
+        "c1 {ip1} {ip6_1} ({}), c2 {ip2} {ip6_2} ({}), c3 {ip3} {ip6_3} ({})",
         e1.address, e2.address, e3.address
     );
 
@@ -172,10 +211,46 @@ fn containers_attach_ping_and_survive_a_restart() {
         (&c3, "c3", &ip1),
         (&c2, "c2", &ip3),
         (&c3, "c3", &ip2),
+        (&c1, "c1", &ip6_2),
+        (&c2, "c2", &ip6_1),
+        (&c1, "c1", &ip6_3),
+        (&c3, "c3", &ip6_1),
+        (&c2, "c2", &ip6_3),
+        (&c3, "c3", &ip6_2),
     ] {
         assert!(ping_until(from, to), "{name} cannot ping {to}");
         println!("ping {name} -> {to} ok");
     }
+
+    // c1 and c2 share a host: their frames are switched locally, c3's are not.
+    let (before1, before2, before3) = (
+        counters_of(&root_client, &e1),
+        counters_of(&root_client, &e2),
+        counters_of(&host_client, &e3),
+    );
+    assert!(ping_count(&c1, &ip2, 10), "c1 pings c2 ten times");
+    assert!(ping_count(&c1, &ip3, 5), "c1 pings c3 five times");
+    let (after1, after2, after3) = (
+        counters_of(&root_client, &e1),
+        counters_of(&root_client, &e2),
+        counters_of(&host_client, &e3),
+    );
+    println!("c1 counters {after1:?}\nc2 counters {after2:?}\nc3 counters {after3:?}");
+    // Ten requests out of c1 and ten replies into it went through the switch; its five
+    // requests to c3 did not (they show in rx but not in switched_out).
+    assert!(after1.switched_out_packets >= before1.switched_out_packets + 10);
+    assert!(after1.switched_in_packets >= before1.switched_in_packets + 10);
+    assert!(after2.switched_in_packets >= before2.switched_in_packets + 10);
+    assert!(after2.switched_out_packets >= before2.switched_out_packets + 10);
+    assert!(after1.rx_packets >= before1.rx_packets + 15);
+    assert!(
+        after1.switched_out_packets - before1.switched_out_packets
+            < after1.rx_packets - before1.rx_packets,
+        "traffic to c3 is not switched"
+    );
+    assert_eq!(after3.switched_in_packets, 0, "c3 is on another host");
+    assert_eq!(after3.switched_out_packets, 0, "c3 is on another host");
+    assert!(after3.rx_packets >= before3.rx_packets + 5);
 
     // Attach again: the same endpoint; detach twice: harmless.
     let again = root_client
@@ -186,18 +261,104 @@ fn containers_attach_ping_and_survive_a_restart() {
     assert!(root_client.detach(&by_key).expect("detach").detached);
     assert!(!root_client.detach(&by_key).expect("detach again").detached);
 
-    // kill -9 and restart the second host: c3 comes back with its address and IP.
+    // kill -9 and restart the second host, now with controller credentials: c3 comes back
+    // with its address and IPs and answers pings again.
     drop(host);
-    host = Agent::start(lan.host(1), &homes[1], AGENT_PORT);
-    let back = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
-        host_client.endpoints().ok()?.into_iter().find(|e| {
-            e.address == e3.address && e.state == zt_agent::plugin_api::EndpointState::Ready
-        })
-    })
-    .expect("c3's endpoint is restored after the restart");
-    assert_eq!(ipv4_of(&back), ip3, "same IP after the restart");
-    assert!(ping_until(&c1, &ip3), "c1 cannot ping c3 after the restart");
-    println!("c3 restored after kill -9: {} {ip3}", back.address);
+    let controller_url = format!("http://{}:{AGENT_PORT}", lan.ip(0));
+    let token_file = homes[0].join("authtoken.secret");
+    let restarted = Instant::now();
+    host = Agent::start_with(
+        lan.host(1),
+        &homes[1],
+        AGENT_PORT,
+        &[
+            "--controller-url",
+            &controller_url,
+            "--controller-token-file",
+            token_file.to_str().expect("utf-8 path"),
+        ],
+    );
+    let answered = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        c1.command("ping")
+            .args(["-c", "1", "-W", "1", &ip3])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(())
+    });
+    assert!(answered.is_some(), "c1 cannot ping c3 after the restart");
+    let outage = restarted.elapsed();
+    println!("c3 answers pings {outage:?} after its agent was restarted");
+    let back = host_client
+        .endpoints()
+        .expect("endpoints after the restart")
+        .into_iter()
+        .find(|e| e.address == e3.address)
+        .expect("c3's endpoint is restored after the restart");
+    assert_eq!(ipv4_of(&back), ip3, "same IPv4 after the restart");
+    assert_eq!(ipv6_of(&back), ip6_3, "same IPv6 after the restart");
+    assert!(
+        ping_until(&c3, &ip6_1),
+        "c3 cannot ping c1 over IPv6 after the restart"
+    );
+    println!("c3 restored after kill -9: {} {ip3} {ip6_3}", back.address);
+    assert!(
+        outage < Duration::from_secs(5),
+        "pings resume within 5 s of the restart (took {outage:?})"
+    );
+
+    // With controller credentials the agent authorizes a new endpoint itself: the first
+    // attach succeeds.
+    let c4 = Netns::new("c4");
+    let e4 = host_client
+        .attach(&attach_request(nwid, "test/c4", &c4, 40))
+        .unwrap_or_else(|e| panic!("attach with controller credentials: {e}"));
+    let member = root
+        .api(
+            "GET",
+            &format!("/controller/network/{:016x}/member/{}", nwid.0, e4.address),
+            None,
+        )
+        .expect("member record");
+    assert_eq!(member["authorized"], true, "{member}");
+    let ip4 = ipv4_of(&e4);
+    assert!(ping_until(&c4, &ip1), "c4 cannot ping c1");
+    println!("c4 authorized by its agent: {} {ip4}", e4.address);
+
+    // Docker's way: no namespace in the attach; the tap stays in the agent's namespace under
+    // the asked name, and the runtime moves it and applies the answer's addresses itself.
+    let c5 = Netns::new("c5");
+    let mut docker_style = attach_request(nwid, "test/c5", &c5, 40);
+    docker_style.netns = None;
+    docker_style.if_name = "ztdtest0".parse().expect("ifname");
+    let e5 = host_client
+        .attach(&docker_style)
+        .unwrap_or_else(|e| panic!("attach without a namespace: {e}"));
+    let link = lan.host(1).run("ip", ["-o", "link", "show", "ztdtest0"]);
+    let link = String::from_utf8_lossy(&link.stdout).to_string();
+    assert!(
+        link.contains(&e5.mac.to_string()),
+        "tap with the endpoint's MAC: {link}"
+    );
+    let moved = lan
+        .host(1)
+        .run("ip", ["link", "set", "ztdtest0", "netns", c5.name()]);
+    assert!(moved.status.success(), "move the tap into c5");
+    let ip5 = e5
+        .ips
+        .iter()
+        .find(|p| p.address.is_ipv4())
+        .expect("an IPv4 address for the runtime to apply")
+        .to_string();
+    c5.ip(&["link", "set", "ztdtest0", "name", "eth0"]);
+    c5.ip(&["addr", "add", &ip5, "dev", "eth0"]);
+    c5.ip(&["link", "set", "eth0", "up"]);
+    assert!(ping_until(&c5, &ip1), "c5 (moved by hand) cannot ping c1");
+    println!(
+        "c5 attached without a namespace and moved by hand: {} {ip5}",
+        e5.address
+    );
 
     // The container's namespace goes away; detach still succeeds.
     drop(c3);
