@@ -29,6 +29,10 @@ use crate::ports::{self, Ports};
 use crate::transport::UdpTransport;
 use std::sync::Arc;
 
+/// Where the CNI plugin records deletes it could not send (its `pendingDeleteDir` default
+/// under the default home).
+pub const CNI_PENDING_DELETES: &str = "cni-pending-del";
+
 /// API requests queued for the driver before HTTP handlers wait.
 const API_QUEUE: usize = 64;
 
@@ -99,7 +103,8 @@ impl Agent {
         let port = transport.port()?;
 
         let (requests_tx, requests_rx) = mpsc::channel(API_QUEUE);
-        let state = ApiState::new(token.clone(), requests_tx);
+        let metrics_token = home.load_or_create_metricstoken(&mut OsRng)?;
+        let state = ApiState::with_metrics_token(token.clone(), metrics_token, requests_tx);
         let mut api_tasks = Vec::new();
         let api_addr = SocketAddr::new(options.api_bind, port);
         let listener = TcpListener::bind(api_addr)
@@ -164,7 +169,8 @@ impl Agent {
                     ENDPOINT_IDENTITIES_READY,
                     options.home.join(IdentityPool::FILE_NAME),
                 ))
-                .with_credentials(options.controller_credentials.clone()),
+                .with_credentials(options.controller_credentials.clone())
+                .with_pending_deletes(options.home.join(CNI_PENDING_DELETES)),
             );
         }
         Ok(Self {

@@ -1,6 +1,7 @@
 //! The local HTTP API, as ZeroTier One serves it on `127.0.0.1:<port>` (service/OneService.cpp):
 //! every request carries the token from `authtoken.secret` in `X-ZT1-Auth` (or `?auth=`, or
-//! `Authorization: Bearer`), else 401.
+//! `Authorization: Bearer`), else 401. `GET /metrics` also takes the token from
+//! `metricstoken.secret`, which opens nothing else, so a scraper need not hold the API's key.
 //!
 //! - `GET /status`, `GET /peer`, `GET /peer/<address>`: ZeroTier One's JSON field names.
 //! - `POST /echo/<address>` (ours): sends a VL1 ECHO (the body, if any, is its payload) and
@@ -174,15 +175,49 @@ pub fn endpoint_text(addr: SocketAddr) -> String {
     format!("{}/{}", addr.ip(), addr.port())
 }
 
+/// The path the metrics token opens (ZeroTier One compares the path exactly).
+pub const METRICS_PATH: &str = "/metrics";
+
 /// What every connection handler shares.
 pub struct ApiState {
     token: String,
+    /// Accepted for [`METRICS_PATH`] only.
+    metrics_token: Option<String>,
     driver: mpsc::Sender<ApiRequest>,
 }
 
 impl ApiState {
     pub fn new(token: String, driver: mpsc::Sender<ApiRequest>) -> Arc<Self> {
-        Arc::new(Self { token, driver })
+        Arc::new(Self {
+            token,
+            metrics_token: None,
+            driver,
+        })
+    }
+
+    /// Like [`ApiState::new`], with `metrics_token` (`metricstoken.secret`) also accepted for
+    /// `GET /metrics`. An empty one is ignored: it would match a request carrying no token.
+    pub fn with_metrics_token(
+        token: String,
+        metrics_token: String,
+        driver: mpsc::Sender<ApiRequest>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            token,
+            metrics_token: (!metrics_token.is_empty()).then_some(metrics_token),
+            driver,
+        })
+    }
+
+    /// Whether a request for `path` carries a token that opens it: the API token anywhere,
+    /// the metrics token for [`METRICS_PATH`].
+    fn authorizes(&self, path: &str, headers: &HeaderMap, query: &str) -> bool {
+        is_authorized(headers, query, &self.token)
+            || (path == METRICS_PATH
+                && self
+                    .metrics_token
+                    .as_deref()
+                    .is_some_and(|token| is_authorized(headers, query, token)))
     }
 }
 
@@ -218,7 +253,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
 pub async fn handle(state: &ApiState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let query = parts.uri.query().unwrap_or_default().to_string();
-    if !is_authorized(&parts.headers, &query, &state.token) {
+    if !state.authorizes(parts.uri.path(), &parts.headers, &query) {
         return respond(StatusCode::UNAUTHORIZED, json!({}));
     }
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -626,12 +661,27 @@ mod tests {
     }
 
     async fn start() -> u16 {
+        start_with(|driver| ApiState::new(TOKEN.to_string(), driver)).await
+    }
+
+    async fn start_with(state: impl FnOnce(mpsc::Sender<ApiRequest>) -> Arc<ApiState>) -> u16 {
         let (driver, requests) = mpsc::channel(8);
         tokio::spawn(fake_driver(requests));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(serve(listener, ApiState::new(TOKEN.to_string(), driver)));
+        tokio::spawn(serve(listener, state(driver)));
         port
+    }
+
+    /// Like [`call`], for a body that is not JSON.
+    async fn call_text(port: u16, token: &str, path: &str) -> (u16, String) {
+        let client = ApiClient::new(([127, 0, 0, 1], port).into(), token.to_string());
+        let path = path.to_string();
+        let response = tokio::task::spawn_blocking(move || client.request("GET", &path, b""))
+            .await
+            .expect("join")
+            .expect("request");
+        (response.status, response.body)
     }
 
     /// Runs a blocking client call off the runtime's worker.
@@ -750,6 +800,59 @@ mod tests {
         assert_eq!(body["method"], "POST");
         let (status, _) = call(port, "wrong", "GET", "/controller", b"").await;
         assert_eq!(status, 401, "the controller API needs the token too");
+    }
+
+    const METRICS_TOKEN: &str = "metricsonly0123456789abc";
+
+    #[tokio::test]
+    async fn metrics_take_either_token_and_the_metrics_token_opens_nothing_else() {
+        let port = start_with(|driver| {
+            ApiState::with_metrics_token(TOKEN.to_string(), METRICS_TOKEN.to_string(), driver)
+        })
+        .await;
+        for token in [TOKEN, METRICS_TOKEN] {
+            let (status, body) = call_text(port, token, "/metrics").await;
+            assert_eq!((status, body.as_str()), (200, "zt_test_metric 1\n"));
+        }
+        let (status, _) = call_text(port, "", &format!("/metrics?auth={METRICS_TOKEN}")).await;
+        assert_eq!(status, 200, "in the query too");
+        let (status, body) = call_text(port, "", "/metrics").await;
+        assert_eq!((status, body.as_str()), (401, "{}"));
+        let (status, _) = call_text(port, "wrong", "/metrics").await;
+        assert_eq!(status, 401);
+        for path in ["/status", "/peer", "/network", "/controller", "/metrics/"] {
+            let (status, _) = call_text(port, METRICS_TOKEN, path).await;
+            assert_eq!(status, 401, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_are_plain_text() {
+        let port = start().await;
+        let (status, body) = call_text(port, TOKEN, "/metrics").await;
+        assert_eq!((status, body.as_str()), (200, "zt_test_metric 1\n"));
+        let (status, _) = call(port, TOKEN, "POST", "/metrics", b"").await;
+        assert_eq!(status, 404);
+    }
+
+    #[test]
+    fn metrics_token_in_any_carrier_and_never_empty() {
+        let (driver, _requests) = mpsc::channel(1);
+        let state =
+            ApiState::with_metrics_token(TOKEN.to_string(), METRICS_TOKEN.to_string(), driver);
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {METRICS_TOKEN}")).expect("header"),
+        );
+        assert!(state.authorizes("/metrics", &bearer, ""));
+        assert!(!state.authorizes("/status", &bearer, ""));
+        let (driver, _requests) = mpsc::channel(1);
+        let state = ApiState::with_metrics_token(TOKEN.to_string(), String::new(), driver);
+        assert!(!state.authorizes("/metrics", &HeaderMap::new(), "auth="));
+        let mut empty = HeaderMap::new();
+        empty.insert(AUTH_HEADER, HeaderValue::from_static(""));
+        assert!(!state.authorizes("/metrics", &empty, ""));
     }
 
     #[test]

@@ -364,6 +364,30 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// ZeroTier One's second token (`metricstoken.secret`, mode 0600): it opens `GET /metrics`
+/// and nothing else, so a Prometheus scraper need not hold the API's key.
+pub const METRICSTOKEN_SECRET: &str = "metricstoken.secret";
+
+impl Home {
+    /// Reads `metricstoken.secret` (trimmed), or makes and writes a new random token when the
+    /// file is absent or empty, as ZeroTier One does at start.
+    pub fn load_or_create_metricstoken<R: RngCore + CryptoRng>(
+        &self,
+        rng: &mut R,
+    ) -> Result<String, HomeError> {
+        let path = self.path(METRICSTOKEN_SECRET);
+        match fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(HomeError::io(&path, e)),
+        }
+        let token = random_token(rng);
+        write_atomic(&path, token.as_bytes(), SECRET_MODE).map_err(|e| HomeError::io(&path, e))?;
+        Ok(token)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -515,5 +539,28 @@ pub(crate) mod tests {
         .expect("write");
         fs::write(home.path(PEERS_DIR).join("abcdefabcd.peer"), [0u8, 1, 2]).expect("write");
         assert_eq!(home.load_peer_identities(), vec![good.public_only()]);
+    }
+
+    #[test]
+    fn metrics_token_is_made_once_secret_and_apart_from_the_api_token() {
+        let dir = TempDir::new("metricstoken");
+        let home = Home::new(dir.path());
+        home.create().expect("create");
+        let api = home.load_or_create_authtoken(&mut OsRng).expect("token");
+        let metrics = home.load_or_create_metricstoken(&mut OsRng).expect("token");
+        assert_ne!(api, metrics);
+        assert_eq!(metrics.len(), AUTHTOKEN_LEN);
+        let path = home.path(METRICSTOKEN_SECRET);
+        assert_eq!(mode_of(&path), SECRET_MODE);
+        assert_eq!(
+            home.load_or_create_metricstoken(&mut OsRng).expect("token"),
+            metrics,
+            "kept across starts"
+        );
+        fs::write(&path, " scrape-me \n").expect("write");
+        assert_eq!(
+            home.load_or_create_metricstoken(&mut OsRng).expect("token"),
+            "scrape-me"
+        );
     }
 }

@@ -24,6 +24,7 @@ pub mod address;
 pub mod controller;
 pub mod crypto;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod sim;
 pub mod time;

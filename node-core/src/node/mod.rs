@@ -25,6 +25,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::address::Address;
 use crate::crypto::armor::{self, CipherSuite};
 use crate::identity::Identity;
+use crate::metrics::{DropReason, Metrics};
 use crate::time::{Millis, Timestamp};
 use crate::vl2::{NetworkConfig, NetworkId};
 use crate::wire::compress;
@@ -60,8 +61,12 @@ const WHOIS_RETRY_DELAY: Millis = Millis(500);
 const QUEUE_TIMEOUT: Millis = Millis(5_000);
 /// Non-roots answer one WHOIS per requesting peer per this period.
 const WHOIS_ANSWER_INTERVAL: Millis = Millis(100);
-/// One new identity validated per source prefix per this period (x86-64 value).
+/// New identities validated per source prefix are limited per this period (1.14's value,
+/// ZT_IDENTITY_VALIDATION_SOURCE_RATE_LIMIT on x86-64)...
 const IDENTITY_VALIDATION_INTERVAL: Millis = Millis(2_000);
+/// ...to this many. 1.14 allows one; a container host puts many identities (one per
+/// endpoint) behind one address, and one per 2 s would make its attaches queue up.
+const IDENTITY_VALIDATION_BURST: u32 = 8;
 /// RENDEZVOUS for one (source, destination) pair at most this often (ZT_MIN_UNITE_INTERVAL).
 const UNITE_INTERVAL: Millis = Millis(30_000);
 /// Relays forward only packets that crossed fewer hops than this (ZT_RELAY_MAX_HOPS).
@@ -324,7 +329,8 @@ pub struct Node {
     queued_tx: Vec<QueuedTx>,
     expected_replies: HashMap<u64, ExpectedReply>,
     unite_gate: HashMap<(Address, Address), Timestamp>,
-    identity_gate: HashMap<u64, Timestamp>,
+    /// Per source prefix: when its window opened and how many identities it validated.
+    identity_gate: HashMap<u64, (Timestamp, u32)>,
     last_upstream_receive: Option<Timestamp>,
     next_ping_check: Timestamp,
     /// Joined networks (VL2).
@@ -341,6 +347,8 @@ pub struct Node {
     retrying_gated: bool,
     /// Members hosted in the same process, whose unicast frames are switched locally.
     local_peers: Arc<BTreeSet<Address>>,
+    /// Traffic counters for the host's `/metrics`.
+    metrics: Metrics,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -383,6 +391,7 @@ impl Node {
             gate_parked: Vec::new(),
             retrying_gated: false,
             local_peers: Arc::default(),
+            metrics: Metrics::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             identity: config.identity,
@@ -412,8 +421,31 @@ impl Node {
         self.am_root
     }
 
+    /// What this node counted of its traffic.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether a new identity from `from` may be validated now (a memory-hard hash each).
+    fn identity_gate_passes(&mut self, now: Timestamp, from: &SocketAddr) -> bool {
+        let (opened, count) = self
+            .identity_gate
+            .entry(rate_gate_key(from))
+            .or_insert((now, 0));
+        if now.since(*opened) >= IDENTITY_VALIDATION_INTERVAL {
+            (*opened, *count) = (now, 0);
+        }
+        if *count >= IDENTITY_VALIDATION_BURST {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let transmit = self.transmits.pop_front()?;
+        self.metrics.record_datagram_out(transmit.data.len());
+        Some(transmit)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -552,8 +584,11 @@ impl Node {
 
     fn retry_whois(&mut self, now: Timestamp) {
         // Drop what waited too long; what still waits keeps its lookup going.
+        let parked = self.parked_rx.len();
         self.parked_rx
             .retain(|p| now.since(p.parked) < QUEUE_TIMEOUT);
+        self.metrics
+            .record_dropped_many(DropReason::UnknownPeer, parked - self.parked_rx.len());
         self.queued_tx
             .retain(|q| now.since(q.queued) < QUEUE_TIMEOUT);
         let mut wanted: Vec<Address> = self
@@ -679,12 +714,15 @@ impl Node {
         self.peers.retain(|address, peer| {
             upstreams.contains(address) || now.since(peer.last_receive) < PEER_ACTIVITY_TIMEOUT
         });
+        let peers = &self.peers;
+        self.metrics
+            .retain_peers(|address| peers.contains_key(address));
         self.expected_replies
             .retain(|_, e| now.since(e.sent) < EXPECT_REPLY_TIMEOUT);
         self.unite_gate
             .retain(|_, t| now.since(*t) < UNITE_INTERVAL);
         self.identity_gate
-            .retain(|_, t| now.since(*t) < IDENTITY_VALIDATION_INTERVAL);
+            .retain(|_, (t, _)| now.since(*t) < IDENTITY_VALIDATION_INTERVAL);
         self.reassembler.expire(now);
     }
 
@@ -694,11 +732,13 @@ impl Node {
     /// One UDP datagram from `from`. Malformed, unauthenticated or unwanted input is dropped
     /// silently, as ZeroTier One does; nothing here panics on any input.
     pub fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, data: &[u8]) {
+        self.metrics.record_datagram_in(data.len());
         if data.len() == BEACON_LEN {
             return; // Legacy LAN beacons: 1.14 never sends them; we do not answer them.
         }
         if fragment::is_fragment(data) {
             let Ok(frag) = Fragment::new_checked(data) else {
+                self.metrics.record_dropped(DropReason::Malformed);
                 return;
             };
             if frag.destination() != self.address {
@@ -711,6 +751,7 @@ impl Node {
             return;
         }
         let Ok(view) = Packet::new_checked(data) else {
+            self.metrics.record_dropped(DropReason::Malformed);
             return;
         };
         let (source, destination) = (view.source(), view.destination());
@@ -733,6 +774,7 @@ impl Node {
     /// A whole packet addressed to us.
     fn handle_packet(&mut self, now: Timestamp, from: SocketAddr, mut packet: Vec<u8>) {
         let Ok(view) = Packet::new_checked(&packet[..]) else {
+            self.metrics.record_dropped(DropReason::Malformed);
             return;
         };
         let source = view.source();
@@ -751,6 +793,8 @@ impl Node {
                     packet,
                     parked: now,
                 });
+            } else {
+                self.metrics.record_dropped(DropReason::UnknownPeer);
             }
             if self
                 .whois_sent
@@ -769,14 +813,17 @@ impl Node {
                 .iter()
                 .any(|t| t.id == id && t.contains(&from.ip()))
             {
+                self.metrics.record_dropped(DropReason::UntrustedPath);
                 return;
             }
         } else if armor::dearmor(&mut packet, &self.peers[&source].key).is_err() {
+            self.metrics.record_mac_failure(source);
             return;
         }
         if Packet::new_checked(&packet[..]).is_ok_and(|p| p.is_compressed()) {
             let mut out = Vec::with_capacity(packet::MAX_PACKET_LEN);
             if compress::decompress_packet(&packet, &mut out).is_err() {
+                self.metrics.record_dropped(DropReason::DecompressionFailed);
                 return;
             }
             packet = out;
@@ -793,6 +840,10 @@ impl Node {
         let packet_id = view.packet_id();
         let payload = view.payload();
         let verb = Verb::from_verb_byte(view.raw_verb());
+        if verb != Verb::Hello {
+            // HELLO is counted where both of its ways in meet (handle_hello_authenticated).
+            self.metrics.record_received(source, verb, payload);
+        }
         let handled_ok = match verb {
             Verb::Hello => {
                 // An encrypted HELLO from a known peer: process like a cipher-0 one.
@@ -872,6 +923,8 @@ impl Node {
         };
         if handled_ok {
             self.received(now, from, source, hops, verb == Verb::Ok);
+        } else {
+            self.metrics.record_dropped(DropReason::InvalidReply);
         }
     }
 
@@ -929,37 +982,39 @@ impl Node {
         };
         let source = view.source();
         let Ok((hello, tail)) = HelloRepr::parse(view.payload()) else {
+            self.metrics.record_dropped(DropReason::Malformed);
             return;
         };
         if hello.identity.address() != source {
+            self.metrics.record_dropped(DropReason::Malformed);
             return;
         }
         if let Some(known) = self.peers.get(&source) {
             if known.identity != hello.identity {
+                self.metrics.record_dropped(DropReason::IdentityCollision);
                 self.handle_identity_collision(now, from, packet, &hello.identity);
                 return;
             }
             if armor::dearmor(&mut packet, &known.key).is_err() {
+                self.metrics.record_mac_failure(source);
                 return;
             }
         } else {
             // A new identity costs a memory-hard hash: one per source prefix per interval.
-            let gate = rate_gate_key(&from);
-            if self
-                .identity_gate
-                .get(&gate)
-                .is_some_and(|t| now.since(*t) < IDENTITY_VALIDATION_INTERVAL)
-            {
+            if !self.identity_gate_passes(now, &from) {
+                self.metrics.record_dropped(DropReason::RateLimited);
                 return;
             }
-            self.identity_gate.insert(gate, now);
             let Some(key) = self.identity.agree(&hello.identity) else {
+                self.metrics.record_dropped(DropReason::InvalidIdentity);
                 return;
             };
             if armor::dearmor(&mut packet, &key).is_err() {
+                self.metrics.record_dropped(DropReason::MacFailure);
                 return;
             }
             if self.validate_identities && !hello.identity.locally_validate() {
+                self.metrics.record_dropped(DropReason::InvalidIdentity);
                 return;
             }
             // Answer the HELLO first (it also records the version, so what was waiting on this
@@ -991,6 +1046,7 @@ impl Node {
         let source = view.source();
         let hops = view.hops();
         let hello_id = view.packet_id();
+        self.metrics.record_received(source, Verb::Hello, &[]);
         // The moon list is encrypted with the unmangled key (zt-vl1.md 4.5).
         let mut moons_wanted = Vec::new();
         if let Some(tail) = tail {
@@ -1060,15 +1116,9 @@ impl Node {
         mut packet: Vec<u8>,
         claimed: &Identity,
     ) {
-        let gate = rate_gate_key(&from);
-        if self
-            .identity_gate
-            .get(&gate)
-            .is_some_and(|t| now.since(*t) < IDENTITY_VALIDATION_INTERVAL)
-        {
+        if !self.identity_gate_passes(now, &from) {
             return;
         }
-        self.identity_gate.insert(gate, now);
         let Some(key) = self.identity.agree(claimed) else {
             return;
         };
@@ -1098,6 +1148,8 @@ impl Node {
         );
         out.extend_from_slice(&payload);
         armor::armor(&mut out, &key, CipherSuite::Salsa2012Poly1305);
+        self.metrics
+            .record_sent(claimed.address(), Verb::Error, &payload);
         self.transmits.push_back(Transmit {
             to: from,
             data: out,
@@ -1146,6 +1198,7 @@ impl Node {
                 if hops == 0 {
                     let latency = now.since(Timestamp(okh.timestamp_echo as i64)).0;
                     peer.latency = Some(latency);
+                    self.metrics.observe_latency(source, latency);
                     if path_allowed {
                         peer.learn_path(from, now).record_latency(latency);
                     }
@@ -1175,6 +1228,7 @@ impl Node {
                     if hops == 0 {
                         if let Some(path) = peer.path_mut(&from) {
                             path.record_latency(latency);
+                            self.metrics.observe_latency(source, latency);
                         }
                     }
                 }
@@ -1438,6 +1492,7 @@ impl Node {
         // Ordinary nodes relay only over paths with established trust (a VL2 notion we do
         // not track yet): until then only roots relay.
         if !self.am_root {
+            self.metrics.record_dropped(DropReason::NotRelayed);
             return;
         }
         let mut forwarded = data.to_vec();
@@ -1447,6 +1502,7 @@ impl Node {
             };
             let hops = view.hops();
             if hops >= RELAY_MAX_HOPS {
+                self.metrics.record_dropped(DropReason::NotRelayed);
                 return;
             }
             view.set_hops(hops + 1);
@@ -1457,6 +1513,7 @@ impl Node {
             };
             let hops = view.hops();
             if hops >= RELAY_MAX_HOPS {
+                self.metrics.record_dropped(DropReason::NotRelayed);
                 return;
             }
             view.set_hops(hops + 1);
@@ -1609,6 +1666,7 @@ impl Node {
         armor::crypt_field(key, &mut buf, tail);
         armor::armor(&mut buf, key, CipherSuite::Poly1305);
         self.expect_reply(u64::from_be_bytes(id), Verb::Hello, dest, now, false);
+        self.metrics.record_sent(dest, Verb::Hello, &[]);
         self.transmits.push_back(Transmit {
             to: target,
             data: buf,
@@ -1780,6 +1838,7 @@ impl Node {
                 path.last_send = now;
             }
         }
+        self.metrics.record_sent(dest, verb, &payload);
         if fragment {
             let mut pieces = Vec::new();
             if fragment::split(&buf, self.physical_mtu, &mut pieces).is_ok() {

@@ -453,7 +453,10 @@ impl Node {
 
     /// Leaves a network; its state is forgotten.
     pub fn leave(&mut self, _now: Timestamp, network_id: NetworkId) -> bool {
-        self.networks.remove(&network_id).is_some()
+        let left = self.networks.remove(&network_id).is_some();
+        let networks = &self.networks;
+        self.metrics.retain_networks(|id| networks.contains_key(id));
+        left
     }
 
     pub fn network(&self, network_id: NetworkId) -> Option<NetworkInfo> {
@@ -661,6 +664,7 @@ impl Node {
                 payload,
                 false,
             );
+            self.metrics.record_frame_out(network_id, decision.deliver);
             if !decision.deliver {
                 return;
             }
@@ -675,6 +679,7 @@ impl Node {
             let decision = self.filter_out(
                 now, network_id, peer, source, dest, ethertype, payload, false,
             );
+            self.metrics.record_frame_out(network_id, decision.deliver);
             if !decision.deliver {
                 return;
             }
@@ -1463,6 +1468,7 @@ impl Node {
             filter::filter_incoming(&config.rules, capabilities, &cx, &frame, &mut || {
                 rng.next_u32()
             });
+        self.metrics.record_frame_in(network_id, decision.deliver);
         self.send_copies(now, network_id, &decision, source, dest, ethertype, payload);
         decision
     }
