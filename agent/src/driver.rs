@@ -170,6 +170,9 @@ pub struct PluginState {
     identities: IdentityPool,
     /// With these, the agent authorizes its new endpoints on their networks itself.
     credentials: Option<std::sync::Arc<ControllerCredentials>>,
+    /// Where the CNI plugin records deletes it could not send while the agent was down
+    /// (one detach body per file), replayed at start.
+    pending_deletes: Option<PathBuf>,
 }
 
 impl PluginState {
@@ -190,7 +193,14 @@ impl PluginState {
             applied: std::sync::Arc::default(),
             identities: IdentityPool::new(ENDPOINT_IDENTITIES_READY),
             credentials: None,
+            pending_deletes: None,
         }
+    }
+
+    /// Deletes recorded in `dir` while the agent was down are carried out at start.
+    pub fn with_pending_deletes(mut self, dir: PathBuf) -> Self {
+        self.pending_deletes = Some(dir);
+        self
     }
 
     /// New endpoints take their identities from `pool` (started here).
@@ -333,6 +343,12 @@ impl<T: Transport> Driver<T> {
         let Some(plugin) = &self.plugin else {
             return;
         };
+        let pending = plugin
+            .pending_deletes
+            .as_deref()
+            .map(take_pending_deletes)
+            .unwrap_or_default();
+        let mut restore = Vec::new();
         for record in plugin.store.load_all() {
             let Some(request) = record
                 .attach
@@ -341,6 +357,16 @@ impl<T: Transport> Driver<T> {
             else {
                 continue;
             };
+            if pending
+                .iter()
+                .any(|target| target.matches_request(&request))
+            {
+                tracing::info!(key = %record.key, "deleted while the agent was down");
+                if let Err(e) = plugin.store.remove(&record.key) {
+                    tracing::warn!(key = %record.key, "cannot remove the endpoint record: {e}");
+                }
+                continue;
+            }
             match &request.netns {
                 None => {
                     // Its runtime moved the tap somewhere we do not know; the record keeps
@@ -354,8 +380,11 @@ impl<T: Transport> Driver<T> {
                 }
                 Some(_) => {}
             }
-            let (reply, _) = oneshot::channel();
             tracing::info!(key = %record.key, "restoring endpoint");
+            restore.push(request);
+        }
+        for request in restore {
+            let (reply, _) = oneshot::channel();
             self.start_attach(request, reply);
         }
     }
@@ -427,10 +456,11 @@ impl<T: Transport> Driver<T> {
                 request.network,
                 netns.map(NetnsRef::path),
                 request.if_name.as_str(),
-                frames,
-                applied,
+                (frames, applied),
+                crate::endpoints::PortOptions::of(&request),
             )
             .await
+            .map(Box::new)
             .map_err(|e| ApiError::new(ApiErrorCode::Internal, e.to_string()));
             let _ = loopback
                 .send(PluginRequest::Opened {
@@ -523,6 +553,17 @@ impl<T: Transport> Driver<T> {
                     port.configure(saved);
                 }
                 node.join(now, request.network, saved_config.map(|c| *c));
+                // Addresses from the caller's IPAM are announced like managed ones, so that
+                // ARP and NDP for them reach this endpoint.
+                if !request.extra_ips.is_empty() {
+                    let groups = request.extra_ips.iter().map(|p| match p.address {
+                        std::net::IpAddr::V4(v4) => node_core::vl2::MulticastGroup::ipv4_arp(v4),
+                        std::net::IpAddr::V6(v6) => {
+                            node_core::vl2::MulticastGroup::ipv6_solicited_node(v6)
+                        }
+                    });
+                    node.set_multicast_subscriptions(now, request.network, groups);
+                }
                 let address = node.address();
                 if let Some(plugin) = &self.plugin {
                     let record = EndpointRecord {
@@ -546,7 +587,7 @@ impl<T: Transport> Driver<T> {
                     key: request.key.as_str().to_string(),
                     network: request.network,
                     node,
-                    port: Box::new(port),
+                    port,
                     request: Some(request.clone()),
                     counters: EndpointCounters::default(),
                 });
@@ -590,7 +631,7 @@ impl<T: Transport> Driver<T> {
                     let answer = match worker.link_exists(NetnsRef::path(netns), &if_name).await {
                         Ok(true) => answer,
                         Ok(false) => Err(ApiError::new(
-                            ApiErrorCode::NotReady,
+                            ApiErrorCode::InterfaceMissing,
                             format!("interface {if_name} is missing in the container"),
                         )),
                         Err(e) => Err(ApiError::new(
@@ -1316,6 +1357,34 @@ fn handle_endpoint_event(
         }
         other => tracing::debug!(key = %endpoint.key, "endpoint event ignored: {other:?}"),
     }
+}
+
+/// Reads and removes the detach bodies recorded in `dir` (bad files are removed too).
+fn take_pending_deletes(dir: &std::path::Path) -> Vec<EndpointRef> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut targets = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        match std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<EndpointRef>(&b).ok())
+        {
+            // A target that names nothing would match every endpoint.
+            Some(target) if target.key.is_some() || target.container_id.is_some() => {
+                targets.push(target)
+            }
+            _ => tracing::warn!("ignoring unreadable pending delete {}", path.display()),
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+    }
+    targets
 }
 
 /// A notification, or never when there is nothing to notify.

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::Endpoint as HostedEndpoint;
 use crate::endpoints::TapEndpointPort;
-use crate::networks::{self, LocalSettings};
+use crate::endpoints::{link_spec, PortOptions};
 use crate::plugin_api::{
     ApiError, AttachRequest, DetachResponse, Endpoint, EndpointManager, EndpointRef, EndpointState,
     ErrorCode, GcRequest, GcResponse, IpPrefix, ManagerFuture, Route, Status,
@@ -46,7 +46,7 @@ pub enum PluginRequest {
         saved_config: Option<Box<node_core::vl2::config::NetworkConfig>>,
         /// Why authorizing it with the agent's controller credentials failed, if it did.
         authorize_error: Option<String>,
-        port: Result<TapEndpointPort, ApiError>,
+        port: Result<Box<TapEndpointPort>, ApiError>,
         reply: oneshot::Sender<Result<Endpoint, ApiError>>,
     },
 }
@@ -137,28 +137,35 @@ pub fn describe(hosted: &HostedEndpoint, request: &AttachRequest) -> Endpoint {
         Some(NetworkStatus::NotFound) => EndpointState::NetworkNotFound,
         _ => EndpointState::Pending,
     };
-    let settings = LocalSettings::default();
-    let ips = config
-        .map(|c| {
-            networks::managed_addresses(c, &settings)
-                .into_iter()
-                .filter_map(|(ip, bits)| IpPrefix::new(ip, bits))
-                .collect()
+    let mac = node_core::vl2::Mac::from_address(hosted.node.address(), hosted.network);
+    let spec = config.map(|c| link_spec(mac, c, &PortOptions::of(request)));
+    let ips = spec
+        .iter()
+        .flat_map(|s| s.addresses.iter())
+        .filter_map(|(ip, bits)| IpPrefix::new(*ip, *bits))
+        .collect();
+    let mut routes: Vec<Route> = spec
+        .iter()
+        .flat_map(|s| s.routes.iter())
+        .filter_map(|r| {
+            Some(Route {
+                dst: IpPrefix::new(r.target.0, r.target.1)?,
+                gateway: r.via,
+            })
         })
-        .unwrap_or_default();
-    let routes = config
-        .map(|c| {
-            networks::managed_routes(c, &settings)
-                .into_iter()
-                .filter_map(|r| {
-                    Some(Route {
-                        dst: IpPrefix::new(r.target.0, r.target.1)?,
-                        gateway: r.via,
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+        .collect();
+    let gateway = spec.as_ref().and_then(|s| s.default_route_via);
+    if let Some(gateway) = gateway {
+        let any = if gateway.is_ipv4() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        routes.extend(IpPrefix::new(any, 0).map(|dst| Route {
+            dst,
+            gateway: Some(gateway),
+        }));
+    }
     Endpoint {
         key: request.key.clone(),
         owner: request.owner.clone(),
@@ -166,13 +173,36 @@ pub fn describe(hosted: &HostedEndpoint, request: &AttachRequest) -> Endpoint {
         container_id: request.container_id.clone(),
         netns: request.netns.clone(),
         if_name: request.if_name.clone(),
-        mac: node_core::vl2::Mac::from_address(hosted.node.address(), hosted.network),
+        mac,
         address: hosted.node.address(),
         ips,
         routes,
-        gateway: None,
-        mtu: config.map_or(node_core::vl2::config::DEFAULT_MTU, |c| c.mtu),
+        gateway,
+        mtu: spec.map_or(
+            request.mtu.unwrap_or(node_core::vl2::config::DEFAULT_MTU),
+            |s| s.mtu,
+        ),
         state,
+        dns: config.and_then(dns_of),
         counters: hosted.counters,
     }
+}
+
+/// A config's DNS settings, when it has a domain or a server.
+fn dns_of(config: &node_core::vl2::config::NetworkConfig) -> Option<crate::plugin_api::Dns> {
+    let servers: Vec<std::net::IpAddr> = config
+        .dns
+        .servers
+        .iter()
+        .filter_map(|s| match s {
+            node_core::wire::inet::InetAddress::Ip(addr) => Some(addr.ip()),
+            _ => None,
+        })
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let domain = String::from_utf8_lossy(&config.dns.domain)
+        .trim_end_matches('\0')
+        .to_string();
+    (!domain.is_empty() || !servers.is_empty())
+        .then_some(crate::plugin_api::Dns { domain, servers })
 }

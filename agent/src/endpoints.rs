@@ -165,26 +165,30 @@ pub struct TapEndpointPort {
     /// (an older spec applied after a newer one would remove the newer addresses).
     pending: watch::Sender<Option<(u64, LinkSpec)>>,
     configurer: Option<JoinHandle<()>>,
+    options: PortOptions,
 }
 
 impl TapEndpointPort {
     /// Creates the tap in our namespace under a temporary name, moves it into `netns` as
     /// `if_name`, gives it its MAC and MTU and brings it up; its frames go to `frames`
-    /// tagged with `address`. Must run inside a tokio runtime.
+    /// tagged with `address`, and `applied_notify` is woken each time a config is in place.
+    /// Without `netns` the tap stays in our namespace, named `if_name`. Must run inside a
+    /// tokio runtime.
     pub async fn open(
         worker: NetnsWorker,
         address: Address,
         network: NetworkId,
         netns: Option<NetnsRef>,
         if_name: &str,
-        frames: mpsc::Sender<EndpointFrame>,
-        applied_notify: Arc<Notify>,
+        (frames, applied_notify): (mpsc::Sender<EndpointFrame>, Arc<Notify>),
+        options: PortOptions,
     ) -> Result<Self, PlumbingError> {
         let mac = Mac::from_address(address, network);
         let Some(netns) = netns else {
             // Named as asked, in our namespace, with its MAC and MTU and up; whoever moves it
             // (Docker) addresses it.
-            let tap = Tap::create(if_name, mac.0, DEFAULT_MTU).map_err(|e| {
+            let mtu = options.mtu.unwrap_or(DEFAULT_MTU);
+            let tap = Tap::create(if_name, mac.0, mtu).map_err(|e| {
                 PlumbingError::InvalidInput(format!("cannot create tap {if_name}: {e}"))
             })?;
             let tap = Arc::new(tap);
@@ -200,6 +204,7 @@ impl TapEndpointPort {
                 applied_notify,
                 pending: watch::Sender::new(None),
                 configurer: None,
+                options,
             });
         };
         // A name unique on this host while the tap is still ours.
@@ -210,7 +215,7 @@ impl TapEndpointPort {
         worker.move_link(&temporary, netns.clone(), if_name).await?;
         let spec = LinkSpec {
             mac: mac.0,
-            mtu: DEFAULT_MTU,
+            mtu: options.mtu.unwrap_or(DEFAULT_MTU),
             up: true,
             ..LinkSpec::default()
         };
@@ -227,6 +232,7 @@ impl TapEndpointPort {
             applied_notify,
             pending: watch::Sender::new(None),
             configurer: None,
+            options,
         })
     }
 }
@@ -255,15 +261,7 @@ impl EndpointPort for TapEndpointPort {
             self.applied_notify.notify_one();
             return;
         };
-        let settings = LocalSettings::default();
-        let spec = LinkSpec {
-            mac: self.mac.0,
-            mtu: config.mtu,
-            addresses: networks::managed_addresses(config, &settings),
-            routes: networks::managed_routes(config, &settings),
-            default_route_via: None,
-            up: true,
-        };
+        let spec = link_spec(self.mac, config, &self.options);
         self.pending.send_replace(Some((config.revision, spec)));
         if self.configurer.is_none() {
             // Netlink work happens on the worker's thread; the packet loop does not wait.
@@ -281,6 +279,73 @@ impl EndpointPort for TapEndpointPort {
     fn is_applied(&self, revision: u64) -> bool {
         self.applied.load(Ordering::Acquire) == revision.saturating_add(1)
     }
+}
+
+/// What the attach asked for beyond the network's config.
+#[derive(Clone, Debug, Default)]
+pub struct PortOptions {
+    /// Instead of the network's MTU.
+    pub mtu: Option<u32>,
+    /// A default route through the network's first gateway.
+    pub default_route: bool,
+    /// From the caller's IPAM.
+    pub extra_ips: Vec<(std::net::IpAddr, u8)>,
+    pub extra_routes: Vec<crate::netconf::ManagedRoute>,
+}
+
+impl PortOptions {
+    pub fn of(request: &crate::plugin_api::AttachRequest) -> Self {
+        Self {
+            mtu: request.mtu,
+            default_route: request.default_route,
+            extra_ips: request
+                .extra_ips
+                .iter()
+                .map(|p| (p.address, p.prefix_len))
+                .collect(),
+            extra_routes: request
+                .extra_routes
+                .iter()
+                .map(|r| crate::netconf::ManagedRoute {
+                    target: (r.dst.address, r.dst.prefix_len),
+                    via: r.gateway,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The interface an endpoint should have under `config`.
+pub fn link_spec(mac: Mac, config: &NetworkConfig, options: &PortOptions) -> LinkSpec {
+    let settings = LocalSettings::default();
+    let mut addresses = networks::managed_addresses(config, &settings);
+    for extra in &options.extra_ips {
+        if !addresses.contains(extra) {
+            addresses.push(*extra);
+        }
+    }
+    let mut routes = networks::managed_routes(config, &settings);
+    routes.extend(options.extra_routes.iter().cloned());
+    LinkSpec {
+        mac: mac.0,
+        mtu: options.mtu.unwrap_or(config.mtu),
+        addresses,
+        default_route_via: options
+            .default_route
+            .then(|| default_gateway(&routes))
+            .flatten(),
+        routes,
+        up: true,
+    }
+}
+
+/// The gateway a default route goes through: the first route's that has one, preferring
+/// an IPv4 one.
+pub fn default_gateway(routes: &[crate::netconf::ManagedRoute]) -> Option<std::net::IpAddr> {
+    let gateways = || routes.iter().filter_map(|r| r.via);
+    gateways()
+        .find(std::net::IpAddr::is_ipv4)
+        .or_else(|| gateways().next())
 }
 
 /// Applies an endpoint's specs one after the other, always the newest one pending.

@@ -445,6 +445,14 @@ pub struct AttachRequest {
     /// at most 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<u64>,
+    /// Addresses from the caller's own IPAM (for networks that assign none): applied next
+    /// to the managed ones and announced on the network (ARP and NDP groups) so that other
+    /// members find them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ips: Vec<IpPrefix>,
+    /// Routes from the caller's IPAM, applied next to the network's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_routes: Vec<Route>,
 }
 
 impl AttachRequest {
@@ -466,6 +474,8 @@ impl AttachRequest {
             mtu: None,
             default_route: false,
             wait: None,
+            extra_ips: Vec::new(),
+            extra_routes: Vec::new(),
         }
     }
 
@@ -583,6 +593,20 @@ impl EndpointRef {
                 .is_none_or(|name| *name == endpoint.if_name)
             && self.network.is_none_or(|nwid| nwid == endpoint.network)
     }
+
+    /// Whether this names the attachment `request` made.
+    pub fn matches_request(&self, request: &AttachRequest) -> bool {
+        self.key.as_ref().is_none_or(|key| *key == request.key)
+            && self
+                .container_id
+                .as_ref()
+                .is_none_or(|id| *id == request.container_id)
+            && self
+                .if_name
+                .as_ref()
+                .is_none_or(|name| *name == request.if_name)
+            && self.network.is_none_or(|nwid| nwid == request.network)
+    }
 }
 
 /// `POST /v1/detach`: whether an endpoint was there to remove. Unknown endpoints are not an
@@ -630,6 +654,13 @@ pub struct AttachmentRef {
 pub struct GcRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Only endpoints on this network are in scope (a CNI network config names one).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "text_form::opt_network_id"
+    )]
+    pub network: Option<NetworkId>,
     #[serde(default)]
     pub valid: Vec<EndpointKey>,
     #[serde(default)]
@@ -650,7 +681,9 @@ impl GcRequest {
             .owner
             .as_ref()
             .is_some_and(|owner| endpoint.owner.as_ref() != Some(owner));
+        let other_network = self.network.is_some_and(|n| n != endpoint.network);
         other_owner
+            || other_network
             || self.valid.contains(&endpoint.key)
             || self.valid_attachments.iter().any(|attachment| {
                 attachment.container_id == endpoint.container_id
@@ -731,9 +764,21 @@ pub struct Endpoint {
     pub gateway: Option<IpAddr>,
     pub mtu: u32,
     pub state: EndpointState,
+    /// The network's DNS settings, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
     /// Traffic through the endpoint since the agent started.
     #[serde(default)]
     pub counters: EndpointCounters,
+}
+
+/// A network's DNS settings (ZeroTier's `dns` of a network config).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dns {
+    /// The search domain.
+    pub domain: String,
+    pub servers: Vec<IpAddr>,
 }
 
 /// Per-endpoint packet and byte counters. `switched*` count unicast frames handed between
@@ -803,6 +848,8 @@ pub enum ErrorCode {
     NotAuthorized,
     /// The endpoint exists but is not ready yet (no configuration, offline).
     NotReady,
+    /// `check`: the endpoint's interface is gone from its namespace (deleted by hand?).
+    InterfaceMissing,
     /// The network's controller is unreachable or says the network does not exist.
     NetworkUnreachable,
     /// The operation did not finish in the time allowed.
@@ -827,6 +874,7 @@ impl ErrorCode {
             Self::Conflict => "Conflict",
             Self::NotAuthorized => "NotAuthorized",
             Self::NotReady => "NotReady",
+            Self::InterfaceMissing => "InterfaceMissing",
             Self::NetworkUnreachable => "NetworkUnreachable",
             Self::Timeout => "Timeout",
             Self::Unavailable => "Unavailable",
@@ -840,7 +888,10 @@ impl ErrorCode {
         match self {
             Self::InvalidRequest => 400,
             Self::NotAuthorized => 403,
-            Self::UnsupportedOperation | Self::NotFound | Self::NetnsNotFound => 404,
+            Self::UnsupportedOperation
+            | Self::NotFound
+            | Self::NetnsNotFound
+            | Self::InterfaceMissing => 404,
             Self::Conflict => 409,
             Self::NetworkUnreachable => 502,
             Self::NotReady | Self::Unavailable => 503,
@@ -858,7 +909,11 @@ impl ErrorCode {
             Self::InvalidRequest => 7,
             Self::NotAuthorized | Self::NotReady | Self::NetworkUnreachable | Self::Timeout => 11,
             Self::Unavailable => 50,
-            Self::UnsupportedOperation | Self::Conflict | Self::Internal | Self::Unknown => 999,
+            Self::UnsupportedOperation
+            | Self::Conflict
+            | Self::InterfaceMissing
+            | Self::Internal
+            | Self::Unknown => 999,
         }
     }
 }
@@ -1468,6 +1523,7 @@ mod tests {
             }],
             gateway: None,
             mtu: 2800,
+            dns: None,
             counters: EndpointCounters::default(),
             state: EndpointState::Ready,
         }
@@ -1483,7 +1539,12 @@ mod tests {
                 "containerId": "c1", "netns": "/var/run/netns/cni-1", "ifName": "eth0",
                 "mac": "32:01:02:03:04:05", "address": "0123456789",
                 "ips": ["10.147.17.5/24"], "routes": [{"dst": "10.147.17.0/24"}],
-                "mtu": 2800, "state": "ready"
+                "mtu": 2800, "state": "ready",
+                "counters": {
+                    "rxPackets": 0, "rxBytes": 0, "txPackets": 0, "txBytes": 0,
+                    "switchedOutPackets": 0, "switchedOutBytes": 0,
+                    "switchedInPackets": 0, "switchedInBytes": 0
+                }
             })
         );
         let back: Endpoint = serde_json::from_value(value).unwrap();

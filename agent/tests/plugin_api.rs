@@ -101,6 +101,7 @@ impl EndpointManager for FakeManager {
                 gateway: None,
                 mtu: request.mtu.unwrap_or(2800),
                 state,
+                dns: None,
                 counters: Default::default(),
             };
             endpoints.insert(request.key, endpoint.clone());

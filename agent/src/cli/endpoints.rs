@@ -399,6 +399,7 @@ mod tests {
             gateway: None,
             mtu: 2800,
             state,
+            dns: None,
             counters: EndpointCounters::default(),
         }
     }

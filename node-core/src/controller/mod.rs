@@ -557,6 +557,14 @@ impl Controller {
         let sso_expired = json::boolean(field(network, "ssoEnabled"), false)
             && !json::boolean(field(&member, "ssoExempt"), false)
             && (json::int(field(&member, "authenticationExpiryTime"), 0) as i64) <= now;
+        if real {
+            // Kept for refused members too (1.14 keeps it only for authorized ones): when an
+            // administrator authorizes one, its config is pushed at once instead of waiting
+            // for its next request.
+            let status = self.status.entry((network_id, address)).or_default();
+            status.identity = Some(requester.public_only());
+            status.metadata = metadata.as_bytes().to_vec();
+        }
         if sso_expired || !authorized {
             clean_member(&mut member);
             self.save_member(network_id, address, &mut member);
@@ -569,9 +577,6 @@ impl Controller {
             member.insert("vMinor".into(), version(b"minv"));
             member.insert("vRev".into(), version(b"revv"));
             member.insert("vProto".into(), version(b"pv"));
-            let status = self.status.entry((network_id, address)).or_default();
-            status.identity = Some(requester.public_only());
-            status.metadata = metadata.as_bytes().to_vec();
         }
 
         let Some(entry) = self.networks.get(&network_id) else {

@@ -687,6 +687,28 @@ fn api_changes_push_configs_to_online_members() {
 }
 
 #[test]
+fn authorizing_a_refused_member_pushes_its_config_at_once() {
+    let mut c = controller();
+    c.post_network(at(T0), NWID, &json!({"name": "one"}));
+    let a = member();
+    assert!(matches!(
+        request(&mut c, T0, &a),
+        RequestAnswer::AccessDenied
+    ));
+    // Another change to the network owes the refused member nothing.
+    c.post_network(at(T0 + 1_000), NWID, &json!({"name": "two"}));
+    assert!(c.take_pushes(at(T0 + 1_000)).is_empty());
+    // Authorized while it still asks (online): its config goes out now.
+    authorize(&mut c, T0 + 2_000, a.address());
+    let pushes = c.take_pushes(at(T0 + 2_000));
+    assert!(
+        matches!(pushes.as_slice(), [Push::Config { to, config, .. }]
+            if *to == a.address() && config.issued_to == a.address()),
+        "{pushes:?}"
+    );
+}
+
+#[test]
 fn deleting_a_network_revokes_every_member() {
     let mut c = controller();
     c.post_network(at(T0), NWID, &json!({"private": false}));
