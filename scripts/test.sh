@@ -30,6 +30,8 @@ command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v c++ >/dev/null 2>&1 || missing+=(g++) # libFuzzer is C++
+# The manifest check installs kubernetes-validate (PyPI) into a virtualenv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then
@@ -72,6 +74,13 @@ test_status=${PIPESTATUS[0]}
 set -e
 elapsed
 
+# --- Kubernetes manifests --------------------------------------------------------------------
+step_start=$SECONDS
+step "Kubernetes manifests: kubernetes-validate --strict"
+manifest_status=0
+"$repo/scripts/validate-manifests.sh" || manifest_status=1
+elapsed
+
 # --- Fuzz smoke ------------------------------------------------------------------------------
 fuzz_status=0
 if [ "$fuzz_seconds" -gt 0 ]; then
@@ -100,6 +109,10 @@ awk '
 
 if [ "$test_status" -ne 0 ]; then
     echo "cargo test failed (exit $test_status)" >&2
+    exit 1
+fi
+if [ "$manifest_status" -ne 0 ]; then
+    echo "manifest validation failed" >&2
     exit 1
 fi
 if [ "$fuzz_status" -ne 0 ]; then
