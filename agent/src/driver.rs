@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use node_core::controller::{Push, RequestAnswer};
 use node_core::node::{ConfigAnswer, Event, Node, PeerRole, PeerStatus};
-use node_core::vl2::Mac;
+use node_core::vl2::{Mac, NetworkId};
 use node_core::wire::verb::ErrorCode;
 use node_core::{Address, Timestamp};
 use serde_json::{json, Value};
@@ -543,6 +543,9 @@ impl<T: Transport> Driver<T> {
                     }
                 };
                 let now = wall_clock();
+                if request.host_access {
+                    self.give_host_access(now, request.network);
+                }
                 let mut config = NodeConfig::new((*identity).clone(), self.node.planet().clone());
                 config.moons = self.node.moons().to_vec();
                 config.rng_seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
@@ -1096,6 +1099,43 @@ impl<T: Transport> Driver<T> {
         })
     }
 
+    /// Joins this host's own node to a network, with a tap of its own.
+    fn join_host(&mut self, now: Timestamp, network_id: NetworkId, settings: LocalSettings) {
+        tracing::info!(network = %network_id, "joining network");
+        let mac = Mac::from_address(self.node.address(), network_id);
+        if let Some(ports) = self.ports.as_mut() {
+            ports.open(
+                network_id,
+                mac,
+                node_core::vl2::config::DEFAULT_MTU,
+                settings,
+                true,
+            );
+        }
+        self.node.join(now, network_id, None);
+    }
+
+    /// For an attach that asks for host access: the host joins the endpoint's network (once)
+    /// so that it reaches its containers, authorized with the controller credentials when
+    /// the agent has them.
+    fn give_host_access(&mut self, now: Timestamp, network_id: NetworkId) {
+        if self.node.network(network_id).is_some() {
+            return;
+        }
+        self.join_host(now, network_id, LocalSettings::default());
+        let Some(credentials) = self.plugin.as_ref().and_then(|p| p.credentials.clone()) else {
+            return;
+        };
+        let host = self.node.address();
+        tokio::spawn(async move {
+            if let Err(e) =
+                authorize_member(&credentials, network_id, host, Some("zt-agent host")).await
+            {
+                tracing::warn!(network = %network_id, "cannot authorize this host: {e}");
+            }
+        });
+    }
+
     fn handle_request(&mut self, request: ApiRequest) {
         let now = wall_clock();
         match request {
@@ -1124,20 +1164,9 @@ impl<T: Transport> Driver<T> {
                 reply,
             } => {
                 if self.node.network(network_id).is_none() {
-                    tracing::info!(network = %network_id, "joining network");
-                    let mac = Mac::from_address(self.node.address(), network_id);
-                    if let Some(ports) = self.ports.as_mut() {
-                        let mut settings = LocalSettings::default();
-                        settings.update_from_json(&body);
-                        ports.open(
-                            network_id,
-                            mac,
-                            node_core::vl2::config::DEFAULT_MTU,
-                            settings,
-                            true,
-                        );
-                    }
-                    self.node.join(now, network_id, None);
+                    let mut settings = LocalSettings::default();
+                    settings.update_from_json(&body);
+                    self.join_host(now, network_id, settings);
                 } else if let Some(ports) = self.ports.as_mut() {
                     let config = self.node.network(network_id).and_then(|n| n.config);
                     ports.update_settings(network_id, &body, config.as_ref());

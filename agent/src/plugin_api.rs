@@ -453,6 +453,10 @@ pub struct AttachRequest {
     /// Routes from the caller's IPAM, applied next to the network's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_routes: Vec<Route>,
+    /// Also join this host to the network (once, with a tap of its own), so that the host
+    /// reaches its containers (Kubernetes probes pods from the host).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_access: bool,
 }
 
 impl AttachRequest {
@@ -476,6 +480,7 @@ impl AttachRequest {
             wait: None,
             extra_ips: Vec::new(),
             extra_routes: Vec::new(),
+            host_access: false,
         }
     }
 

@@ -73,6 +73,7 @@ fn add(env: &Environment, stdin: &[u8]) -> Result<Value, CniError> {
     attach.owner = Some(OWNER.to_string());
     attach.mtu = conf.mtu;
     attach.default_route = conf.default_route;
+    attach.host_access = conf.host_access;
     attach.wait = conf.attach_wait;
     let endpoint = client
         .attach(&attach)

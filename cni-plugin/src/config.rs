@@ -9,6 +9,7 @@
 //! | `agentSocket` | the agent's plugin API socket, absolute (default [`DEFAULT_SOCKET`]) |
 //! | `mtu` | the interface's MTU, 1280..=10000 (default: the network's) |
 //! | `defaultRoute` | also route the default route(s) through the network |
+//! | `hostAccess` | the node joins the network too, so that it reaches its pods (kubelet probes); default true |
 //! | `attachWait` | seconds ADD waits for the endpoint to be authorized and configured (default 30, at most 300) |
 //! | `pendingDeleteDir` | where DEL records deletes while the agent is down (default [`DEFAULT_PENDING_DELETE_DIR`]) |
 //! | `ipam` | an IPAM plugin (`{"type": "host-local", ...}`) for networks without managed addresses |
@@ -114,6 +115,7 @@ pub struct NetConf {
     pub agent_socket: PathBuf,
     pub mtu: Option<u32>,
     pub default_route: bool,
+    pub host_access: bool,
     pub attach_wait: Option<u64>,
     pub pending_delete_dir: PathBuf,
     pub ipam: Option<Ipam>,
@@ -131,6 +133,7 @@ impl NetConf {
             agent_socket: agent_socket(request)?,
             mtu: mtu(request)?,
             default_route: bool_key(request, "defaultRoute")?.unwrap_or(false),
+            host_access: bool_key(request, "hostAccess")?.unwrap_or(true),
             attach_wait: attach_wait(request)?,
             pending_delete_dir: pending_delete_dir(request)?,
             ipam: ipam(request)?,
@@ -398,6 +401,7 @@ mod tests {
         );
         assert_eq!(conf.mtu, None);
         assert!(!conf.default_route);
+        assert!(conf.host_access);
         assert_eq!(conf.attach_wait, None);
         assert_eq!(conf.ipam, None);
         assert_eq!(conf.dns, Dns::default());
@@ -409,7 +413,8 @@ mod tests {
         let conf = NetConf::parse(&request(json!({
             "cniVersion": "0.4.0", "name": "zt-net.1", "type": "zerotier",
             "network": "8056C2E21C000001", "agentSocket": "/run/zt/a.sock", "mtu": 2800,
-            "defaultRoute": true, "attachWait": 120, "pendingDeleteDir": "/tmp/spool",
+            "defaultRoute": true, "hostAccess": false, "attachWait": 120,
+            "pendingDeleteDir": "/tmp/spool",
             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/16"}]]},
             "dns": {"nameservers": ["10.147.17.1"], "domain": "zt.local"},
             "prevResult": {"cniVersion": "0.4.0"},
@@ -422,6 +427,7 @@ mod tests {
         assert_eq!(conf.agent_socket, PathBuf::from("/run/zt/a.sock"));
         assert_eq!(conf.mtu, Some(2800));
         assert!(conf.default_route);
+        assert!(!conf.host_access);
         assert_eq!(conf.attach_wait, Some(120));
         assert_eq!(conf.pending_delete_dir, PathBuf::from("/tmp/spool"));
         assert_eq!(conf.ipam.unwrap().plugin_type, "host-local");

@@ -310,9 +310,13 @@ fn containers_attach_ping_and_survive_a_restart() {
 
     // With controller credentials the agent authorizes a new endpoint itself: the first
     // attach succeeds.
+    // It asks for host access too: the host joins the network (authorized the same way) and
+    // reaches the container, as kubelet must reach its pods.
     let c4 = Netns::new("c4");
+    let mut with_host_access = attach_request(nwid, "test/c4", &c4, 40);
+    with_host_access.host_access = true;
     let e4 = host_client
-        .attach(&attach_request(nwid, "test/c4", &c4, 40))
+        .attach(&with_host_access)
         .unwrap_or_else(|e| panic!("attach with controller credentials: {e}"));
     let member = root
         .api(
@@ -325,6 +329,11 @@ fn containers_attach_ping_and_survive_a_restart() {
     let ip4 = ipv4_of(&e4);
     assert!(ping_until(&c4, &ip1), "c4 cannot ping c1");
     println!("c4 authorized by its agent: {} {ip4}", e4.address);
+    assert!(
+        ping_until(lan.host(1), &ip4),
+        "the second host cannot reach c4 (host access)"
+    );
+    println!("the second host reaches c4");
 
     // Docker's way: no namespace in the attach; the tap stays in the agent's namespace under
     // the asked name, and the runtime moves it and applies the answer's addresses itself.
