@@ -1167,9 +1167,9 @@ impl Drop for PluginApiServer {
     }
 }
 
-/// Binds `path` (see [`bind`]) and serves the API there on a task of its own.
+/// Binds `path` (see [`bind_socket`]) and serves the API there on a task of its own.
 pub async fn spawn(path: &Path, manager: Arc<dyn EndpointManager>) -> io::Result<PluginApiServer> {
-    let (listener, owner_uid) = bind(path)?;
+    let (listener, owner_uid) = bind_socket(path, 0o700)?;
     let task = tokio::spawn(serve(listener, owner_uid, manager));
     Ok(PluginApiServer {
         path: path.to_path_buf(),
@@ -1177,8 +1177,9 @@ pub async fn spawn(path: &Path, manager: Arc<dyn EndpointManager>) -> io::Result
     })
 }
 
-/// Binds the API socket at `path`, root-only:
-/// - missing parent directories are created with mode 0700 (existing ones are left alone);
+/// Binds a root-only API socket at `path` (the agent's, and the Docker plugin's):
+/// - missing parent directories are created with `parent_mode` (existing ones are left
+///   alone): 0700 for the agent's, 0755 for Docker's `/run/docker/plugins`;
 /// - a stale socket file is removed, but a live one (another agent answers on it) is
 ///   `AddrInUse`, and a path that is not a socket is `AlreadyExists`;
 /// - the socket is bound under a temporary name, set to mode 0600 and renamed into place,
@@ -1186,14 +1187,14 @@ pub async fn spawn(path: &Path, manager: Arc<dyn EndpointManager>) -> io::Result
 ///
 /// Returns the listener and the uid that owns the socket (the agent's), which with root is
 /// the only peer [`serve`] accepts.
-pub fn bind(path: &Path) -> io::Result<(UnixListener, u32)> {
+pub fn bind_socket(path: &Path, parent_mode: u32) -> io::Result<(UnixListener, u32)> {
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(parent_mode)
         .create(parent)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket_like() => {

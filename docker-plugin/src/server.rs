@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,68 +55,16 @@ impl Drop for PluginServer {
     }
 }
 
-/// Binds `path` (see [`bind`]) and serves `driver` there on a task of its own.
+/// Binds `path` (see [`zt_agent::plugin_api::bind_socket`]) and serves `driver` there on a
+/// task of its own.
 pub fn spawn(path: &Path, driver: Arc<Driver>) -> io::Result<PluginServer> {
-    let (listener, owner_uid) = bind(path)?;
+    // 0755 for a missing parent: Docker's own `/run/docker/plugins` is.
+    let (listener, owner_uid) = zt_agent::plugin_api::bind_socket(path, 0o755)?;
     let task = tokio::spawn(serve(listener, owner_uid, driver));
     Ok(PluginServer {
         path: path.to_path_buf(),
         task,
     })
-}
-
-/// Binds the socket at `path`, for root only: a missing parent directory is made (mode
-/// 0755, as Docker's own `/run/docker/plugins`); a stale socket file is replaced but a live
-/// one is `AddrInUse`; the socket is bound under a temporary name, set to mode 0600 and
-/// renamed into place, so Docker never finds it half made. Returns the listener and the uid
-/// that owns the socket.
-pub fn bind(path: &Path) -> io::Result<(UnixListener, u32)> {
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(parent)?;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} is served by another process", path.display()),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} names no file", path.display()),
-        )
-    })?;
-    let mut temporary_name = file_name.to_os_string();
-    temporary_name.push(format!(".{}.tmp", std::process::id()));
-    let temporary = parent.join(temporary_name);
-    let _ = std::fs::remove_file(&temporary);
-    let listener = UnixListener::bind(&temporary)?;
-    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(e);
-    }
-    let owner_uid = std::fs::metadata(path)?.uid();
-    Ok((listener, owner_uid))
 }
 
 /// Accepts connections until the task is dropped; peers other than root and `owner_uid`
