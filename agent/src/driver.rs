@@ -58,6 +58,10 @@ pub trait EndpointPort: Send {
     fn deliver(&mut self, frame: &[u8]);
     /// A new config of the endpoint's network (addresses, routes, MTU to apply).
     fn configure(&mut self, config: &node_core::vl2::config::NetworkConfig);
+    /// New attach options (IPAM addresses, routes), applied with the next configure.
+    fn set_options(&mut self, options: crate::endpoints::PortOptions) {
+        let _ = options;
+    }
     /// Whether the config of `revision` is in place on the interface (applying may take a
     /// moment after [`EndpointPort::configure`]).
     fn is_applied(&self, revision: u64) -> bool {
@@ -512,6 +516,7 @@ impl<T: Transport> Driver<T> {
                         .then_some(*a)
                 });
                 if let Some(address) = same {
+                    self.update_extras(address, &request);
                     self.wait_for(address, &request, reply, None);
                     return;
                 }
@@ -559,13 +564,7 @@ impl<T: Transport> Driver<T> {
                 // Addresses from the caller's IPAM are announced like managed ones, so that
                 // ARP and NDP for them reach this endpoint.
                 if !request.extra_ips.is_empty() {
-                    let groups = request.extra_ips.iter().map(|p| match p.address {
-                        std::net::IpAddr::V4(v4) => node_core::vl2::MulticastGroup::ipv4_arp(v4),
-                        std::net::IpAddr::V6(v6) => {
-                            node_core::vl2::MulticastGroup::ipv6_solicited_node(v6)
-                        }
-                    });
-                    node.set_multicast_subscriptions(now, request.network, groups);
+                    node.set_multicast_subscriptions(now, request.network, extra_groups(&request));
                 }
                 let address = node.address();
                 if let Some(plugin) = &self.plugin {
@@ -682,6 +681,42 @@ impl<T: Transport> Driver<T> {
                     .filter_map(|e| e.request.as_ref().map(|r| describe(e, r)))
                     .collect();
                 let _ = reply.send(Ok(list));
+            }
+        }
+    }
+
+    /// The same attachment again with other IPAM addresses or routes (a CNI plugin attaches
+    /// first, then delegates to IPAM when the network assigns nothing): applied, announced
+    /// and kept with the endpoint's record.
+    fn update_extras(&mut self, address: Address, request: &AttachRequest) {
+        let Some(endpoint) = self.endpoints.get_mut(&address) else {
+            return;
+        };
+        let Some(stored) = endpoint.request.as_mut() else {
+            return;
+        };
+        if stored.extra_ips == request.extra_ips && stored.extra_routes == request.extra_routes {
+            return;
+        }
+        stored.extra_ips = request.extra_ips.clone();
+        stored.extra_routes = request.extra_routes.clone();
+        let now = wall_clock();
+        let network = endpoint.network;
+        endpoint
+            .port
+            .set_options(crate::endpoints::PortOptions::of(request));
+        if let Some(config) = endpoint.node.network(network).and_then(|n| n.config) {
+            endpoint.port.configure(&config);
+        }
+        endpoint
+            .node
+            .set_multicast_subscriptions(now, network, extra_groups(request));
+        if let Some(plugin) = &self.plugin {
+            if let Ok(Some(mut record)) = plugin.store.load(request.key.as_str()) {
+                record.attach = serde_json::to_value(request).ok();
+                if let Err(e) = plugin.store.save(&record) {
+                    tracing::warn!(key = %request.key, "cannot save the endpoint record: {e}");
+                }
             }
         }
     }
@@ -1386,6 +1421,18 @@ fn handle_endpoint_event(
         }
         other => tracing::debug!(key = %endpoint.key, "endpoint event ignored: {other:?}"),
     }
+}
+
+/// The multicast groups that find the addresses a caller's IPAM gave an endpoint.
+fn extra_groups(request: &AttachRequest) -> Vec<node_core::vl2::MulticastGroup> {
+    request
+        .extra_ips
+        .iter()
+        .map(|p| match p.address {
+            std::net::IpAddr::V4(v4) => node_core::vl2::MulticastGroup::ipv4_arp(v4),
+            std::net::IpAddr::V6(v6) => node_core::vl2::MulticastGroup::ipv6_solicited_node(v6),
+        })
+        .collect()
 }
 
 /// Reads and removes the detach bodies recorded in `dir` (bad files are removed too).

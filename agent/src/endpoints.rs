@@ -276,6 +276,14 @@ impl EndpointPort for TapEndpointPort {
         }
     }
 
+    fn set_options(&mut self, options: PortOptions) {
+        self.options = options;
+        // Not in place until the next configure has been applied.
+        if self.netns.is_some() {
+            self.applied.store(0, Ordering::Release);
+        }
+    }
+
     fn is_applied(&self, revision: u64) -> bool {
         self.applied.load(Ordering::Acquire) == revision.saturating_add(1)
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 use zt_agent::plugin_api::{
-    AttachRequest, AttachmentRef, Endpoint, EndpointRef, ErrorCode, IpPrefix,
+    AttachRequest, AttachmentRef, Endpoint, EndpointRef, ErrorCode, IpPrefix, Route,
 };
 use zt_agent::plugin_client::{ClientError, PluginClient};
 
@@ -79,7 +79,7 @@ fn add(env: &Environment, stdin: &[u8]) -> Result<Value, CniError> {
         .attach(&attach)
         .map_err(|e| agent_error(e, Command::Add))?;
 
-    let allocation = match (&conf.ipam, endpoint.ips.is_empty()) {
+    let (endpoint, allocation) = match (&conf.ipam, endpoint.ips.is_empty()) {
         (Some(ipam), true) => {
             let undo = |error: CniError, release: bool| {
                 undo_add(&client, &attach, release.then_some((env, &request, ipam)));
@@ -88,39 +88,37 @@ fn add(env: &Environment, stdin: &[u8]) -> Result<Value, CniError> {
             let plugin =
                 delegate::find_plugin(ipam, &env.cni_path()).map_err(|e| undo(e, false))?;
             let allocation = delegate::add(&plugin, &request.bytes).map_err(|e| undo(e, false))?;
-            hand_over_ipam_addresses(&conf, &allocation).map_err(|e| undo(e, true))?;
-            Some(allocation)
+            let endpoint = hand_over_ipam_addresses(&client, &attach, &allocation)
+                .map_err(|e| undo(e, true))?;
+            (endpoint, Some(allocation))
         }
-        _ => None,
+        _ => (endpoint, None),
     };
     let result = add_result(prev, &endpoint, &netns, allocation, &conf.dns);
     Ok(result.to_value(conf.cni_version))
 }
 
-/// The agent's attach API has no way yet to take addresses allocated outside ZeroTier: an
-/// endpoint node only announces (multicast-subscribes for) its managed addresses, so an
-/// IPAM address applied behind its back would not resolve over the network. Until the API
-/// carries them (see this crate's README, "IPAM"), ADD refuses with a message that says
-/// what to do instead.
-fn hand_over_ipam_addresses(conf: &NetConf, allocation: &CniResult) -> Result<(), CniError> {
-    let addresses: Vec<String> = allocation
-        .ips
+/// The network assigns no addresses: the IPAM plugin's go to the agent with the same
+/// attachment again, which applies them and announces them on the network (ARP and NDP
+/// groups), so that other members find them.
+fn hand_over_ipam_addresses(
+    client: &PluginClient,
+    attach: &AttachRequest,
+    allocation: &CniResult,
+) -> Result<Endpoint, CniError> {
+    let mut again = attach.clone();
+    again.extra_ips = allocation.ips.iter().map(|ip| ip.address).collect();
+    again.extra_routes = allocation
+        .routes
         .iter()
-        .map(|ip| ip.address.to_string())
+        .map(|r| Route {
+            dst: r.dst,
+            gateway: r.gw,
+        })
         .collect();
-    Err(CniError::new(
-        code::IPAM_UNSUPPORTED_BY_AGENT,
-        format!(
-            "network {} gives no managed addresses, and this zt-agent cannot apply the addresses \
-             the IPAM plugin allocated ({})",
-            conf.network,
-            addresses.join(", ")
-        ),
-    )
-    .with_details(
-        "give the network an IPv4 assignment pool or IPv6 mode on its controller so that \
-         members get managed addresses, or remove `ipam` from the config",
-    ))
+    client
+        .attach(&again)
+        .map_err(|e| agent_error(e, Command::Add))
 }
 
 /// Best-effort undo of an ADD that failed after its attach: release the IPAM allocation
@@ -158,7 +156,7 @@ fn previous_result(conf: &NetConf) -> Result<Option<CniResult>, CniError> {
 
 /// The ADD result: the previous plugins' result (if chained after one) with the container
 /// interface appended, its addresses pointing at it, the routes, and DNS (the config's
-/// first, then the IPAM plugin's, then the previous result's).
+/// first, then the network's, then the IPAM plugin's, then the previous result's).
 pub fn add_result(
     prev: Option<CniResult>,
     endpoint: &Endpoint,
@@ -176,7 +174,21 @@ pub fn add_result(
         sandbox: Some(netns.display().to_string()),
         extra,
     });
-    for address in &endpoint.ips {
+    // Addresses and routes the IPAM plugin gave come back in the endpoint too; its own
+    // entries (with their gateways) are the ones listed.
+    let from_ipam = |address: &IpPrefix| {
+        allocation
+            .as_ref()
+            .is_some_and(|a| a.ips.iter().any(|ip| ip.address == *address))
+    };
+    let route_from_ipam = |route: &Route| {
+        allocation.as_ref().is_some_and(|a| {
+            a.routes
+                .iter()
+                .any(|r| r.dst == route.dst && r.gw == route.gateway)
+        })
+    };
+    for address in endpoint.ips.iter().filter(|a| !from_ipam(a)) {
         result.ips.push(IpConfig {
             address: *address,
             gateway: endpoint
@@ -186,7 +198,7 @@ pub fn add_result(
             extra: Map::new(),
         });
     }
-    for route in &endpoint.routes {
+    for route in endpoint.routes.iter().filter(|r| !route_from_ipam(r)) {
         result.routes.push(RouteEntry {
             dst: route.dst,
             gw: route.gateway,
@@ -194,6 +206,16 @@ pub fn add_result(
         });
     }
     let mut ours = dns.clone();
+    // Then the network's own DNS (from its controller), as ZeroTier One applies it.
+    if let Some(network_dns) = &endpoint.dns {
+        let domain = (!network_dns.domain.is_empty()).then(|| network_dns.domain.clone());
+        ours.merge(&Dns {
+            nameservers: network_dns.servers.iter().map(IpAddr::to_string).collect(),
+            search: domain.iter().cloned().collect(),
+            domain,
+            options: Vec::new(),
+        });
+    }
     if let Some(allocation) = allocation {
         for mut ip in allocation.ips {
             ip.interface = Some(index);
@@ -570,6 +592,23 @@ mod tests {
             dns: None,
             counters: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_networks_dns_comes_after_the_configs() {
+        let mut e = endpoint();
+        e.dns = Some(zt_agent::plugin_api::Dns {
+            domain: "zt.example".into(),
+            servers: vec!["10.147.17.53".parse().unwrap()],
+        });
+        let config_dns = Dns {
+            nameservers: vec!["10.0.0.53".into()],
+            ..Dns::default()
+        };
+        let result = add_result(None, &e, Path::new("/var/run/netns/x"), None, &config_dns);
+        assert_eq!(result.dns.nameservers, ["10.0.0.53", "10.147.17.53"]);
+        assert_eq!(result.dns.domain.as_deref(), Some("zt.example"));
+        assert_eq!(result.dns.search, ["zt.example"]);
     }
 
     #[test]

@@ -36,9 +36,6 @@ pub mod code {
     pub const PENDING_DELETE_FAILED: u32 = 103;
     /// Ours: GC removed some stale attachments but not all of them.
     pub const GC_INCOMPLETE: u32 = 104;
-    /// Ours: the network gives no managed addresses and the agent cannot apply the
-    /// addresses the IPAM plugin allocated.
-    pub const IPAM_UNSUPPORTED_BY_AGENT: u32 = 105;
 }
 
 /// A CNI error as the plugin prints it.

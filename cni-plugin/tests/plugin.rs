@@ -969,23 +969,33 @@ fn ipam_is_delegated_when_the_network_has_no_managed_addresses() {
     let config = bench.with_ipam(bench.config("1.0.0", BARE_NET));
     let stdin = serde_json::to_vec(&config).unwrap();
 
-    // The IPAM plugin allocates, but the agent has no way yet to take its addresses: ADD
-    // fails saying so, and undoes both the allocation and the attach.
-    let msg = container.run("ADD", &config).error(105, "1.0.0");
-    assert!(msg.contains("10.99.0.2/24"), "{msg}");
-    let netns = &container.netns;
+    // The IPAM plugin allocates; its addresses go to the agent with the same attachment
+    // again (extraIps, to apply and announce), and the result lists them with the IPAM
+    // plugin's gateway, once.
+    let result = container.run("ADD", &config).json();
     assert_eq!(
-        bench.ipam_calls(),
-        [
-            format!("ADD c1 eth0 {netns}"),
-            format!("DEL c1 eth0 {netns}")
-        ]
+        result["ips"],
+        json!([{"address": "10.99.0.2/24", "gateway": "10.99.0.1", "interface": 0}])
     );
+    let netns = &container.netns;
+    assert_eq!(bench.ipam_calls(), [format!("ADD c1 eth0 {netns}")]);
     assert_eq!(
         fs::read(bench.dir.join("bin/ipam-stdin-ADD")).unwrap(),
         stdin,
         "the delegate gets exactly the plugin's stdin"
     );
+    let attaches = bench.manager.attaches.lock().unwrap().clone();
+    assert_eq!(attaches.len(), 2, "{attaches:?}");
+    assert!(attaches[0].extra_ips.is_empty());
+    assert_eq!(
+        attaches[1].extra_ips,
+        vec!["10.99.0.2/24"
+            .parse::<zt_agent::plugin_api::IpPrefix>()
+            .unwrap()]
+    );
+    assert_eq!(attaches[1].key, attaches[0].key, "the same attachment");
+    assert_eq!(bench.manager.keys().len(), 1);
+    container.run("DEL", &config).success();
     assert!(bench.manager.keys().is_empty());
 
     // An IPAM failure passes up with the delegate's own code, and the attach is undone.
@@ -998,7 +1008,7 @@ fn ipam_is_delegated_when_the_network_has_no_managed_addresses() {
     assert_eq!(
         bench.ipam_calls().len(),
         3,
-        "no DEL for an allocation that failed"
+        "ADD, DEL, then a failed ADD: no DEL for an allocation that failed"
     );
 
     // A missing IPAM plugin is ours to report.

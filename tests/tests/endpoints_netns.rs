@@ -335,6 +335,36 @@ fn containers_attach_ping_and_survive_a_restart() {
     );
     println!("the second host reaches c4");
 
+    // Addresses from a caller's IPAM (a network that assigns none, say): the same attachment
+    // again with extraIps; the agent applies and announces them, and they answer.
+    let with_extra = |mut request: AttachRequest, ip: &str| {
+        request.extra_ips = vec![ip.parse().expect("prefix")];
+        request
+    };
+    let again1 = root_client
+        .attach(&with_extra(
+            attach_request(nwid, "test/c1", &c1, 20),
+            "10.213.98.1/24",
+        ))
+        .expect("c1 with an IPAM address");
+    let again4 = host_client
+        .attach(&with_extra(with_host_access.clone(), "10.213.98.4/24"))
+        .expect("c4 with an IPAM address");
+    assert_eq!(
+        (again1.address, again4.address),
+        (e1.address, e4.address),
+        "the same endpoints"
+    );
+    assert!(
+        again4.ips.iter().any(|p| p.to_string() == "10.213.98.4/24"),
+        "{again4:?}"
+    );
+    assert!(
+        ping_until(&c1, "10.213.98.4"),
+        "c1 cannot reach c4's IPAM address"
+    );
+    println!("IPAM addresses applied and announced: c1 -> 10.213.98.4 ok");
+
     // Docker's way: no namespace in the attach; the tap stays in the agent's namespace under
     // the asked name, and the runtime moves it and applies the answer's addresses itself.
     let c5 = Netns::new("c5");
