@@ -164,16 +164,22 @@ fn tap_has_its_mac_and_mtu_and_goes_away_on_drop() {
             assert!(Tap::create(&name, PEER_MAC, 1400).is_err());
 
             drop(tap);
-            let status = Command::new("ip")
-                .args(["link", "show", "dev", &name])
-                .stderr(Stdio::null())
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(
-                !status.success(),
-                "{name} still exists after the Tap was dropped"
-            );
+            // The kernel unregisters the device when its last descriptor closes, which can
+            // lag a moment behind under load: look for up to two seconds.
+            let exists = || {
+                Command::new("ip")
+                    .args(["link", "show", "dev", &name])
+                    .stderr(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success()
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert!(!exists(), "{name} still exists after the Tap was dropped");
         },
     );
 }
