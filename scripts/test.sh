@@ -32,6 +32,13 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v c++ >/dev/null 2>&1 || missing+=(g++) # libFuzzer is C++
 # The manifest check installs kubernetes-validate (PyPI) into a virtualenv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# The CNI end-to-end test (tests/tests/cni_libcni.rs) builds a libcni driver offline against
+# Debian's libcni and chains Debian's portmap plugin, which needs iptables.
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/containernetworking/cni ] ||
+    missing+=(golang-github-containernetworking-cni-dev)
+[ -x /usr/lib/cni/portmap ] || missing+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then
