@@ -9,6 +9,7 @@
 //! - portmap after our plugin: a TCP connection to the host port, made on the host, reaches a
 //!   listener in the pod;
 //! - CHECK passes, and fails once the pod's interface is deleted by hand;
+//! - STATUS succeeds; GC removes an attachment the runtime no longer lists and keeps pod1;
 //! - DEL twice succeeds on both hosts, and takes the endpoint and the DNAT rule away.
 
 use std::fs;
@@ -16,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use node_core::vl2::NetworkId;
 use serde_json::{json, Value};
+use zt_agent::plugin_api::AttachRequest;
 use zt_agent::plugin_client::PluginClient;
 use zt_e2e::{
     generate_identity, make_planet, require_privileged, wait_until, Agent, Lan, Netns, TempDir,
@@ -447,6 +450,49 @@ fn libcni_drives_the_plugin_on_two_hosts() {
         "host 0 got no answer from the pod through {host_ip}:{HOST_PORT}"
     );
     println!("portmap: {host_ip}:{HOST_PORT} on host 0 reaches pod0's listener");
+
+    // STATUS (spec 1.1, exec'd as libcni 1.2+ does): the agent is up and ready.
+    runtimes[1].expect_ok("status", &pods[1], pod_names[1], &["-type", "zerotier"]);
+    println!("STATUS succeeds");
+
+    // GC (spec 1.1): an attachment the runtime no longer lists goes, the listed one stays.
+    let stale = Netns::new("cnistale");
+    let host_client = PluginClient::new(host.home().join("agent.sock"));
+    let mut stale_attach = AttachRequest::new(
+        NetworkId(u64::from_str_radix(&nwid, 16).expect("hex network id")),
+        "k8s/e2e/stale".parse().expect("key"),
+        "ctr-stale".parse().expect("container id"),
+        Some(Path::new("/var/run/netns").join(stale.name())),
+        "eth0".parse().expect("ifname"),
+    );
+    stale_attach.owner = Some("cni".into());
+    stale_attach.wait = Some(0);
+    // Not ready at once (it still waits for its config); it is there all the same.
+    let _ = host_client.attach(&stale_attach);
+    let keys = |client: &PluginClient| -> Vec<String> {
+        let mut keys: Vec<String> = client
+            .endpoints()
+            .expect("endpoints")
+            .iter()
+            .map(|e| e.key.to_string())
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys(&host_client),
+        ["k8s/e2e/pod1", "k8s/e2e/stale"],
+        "before GC"
+    );
+    let valid = format!("ctr-{}/eth0", pod_names[1]);
+    runtimes[1].expect_ok(
+        "gc",
+        &pods[1],
+        pod_names[1],
+        &["-type", "zerotier", "-valid", &valid],
+    );
+    assert_eq!(keys(&host_client), ["k8s/e2e/pod1"], "GC keeps only pod1");
+    println!("GC removes the stale attachment and keeps pod1");
 
     // CHECK passes; it fails once the pod's interface is deleted by hand.
     for index in 0..2 {
