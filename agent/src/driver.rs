@@ -567,24 +567,6 @@ impl<T: Transport> Driver<T> {
                     node.set_multicast_subscriptions(now, request.network, extra_groups(&request));
                 }
                 let address = node.address();
-                if let Some(plugin) = &self.plugin {
-                    let record = EndpointRecord {
-                        key: request.key.as_str().to_string(),
-                        network: format!("{:016x}", request.network.0),
-                        netns: request.netns.clone().unwrap_or_default(),
-                        if_name: request.if_name.as_str().to_string(),
-                        identity: identity.to_secret_string().unwrap_or_default(),
-                        attach: serde_json::to_value(&request).ok(),
-                        config: node
-                            .network(request.network)
-                            .and_then(|n| n.config)
-                            .and_then(|c| c.to_dictionary().ok())
-                            .map(|d| hex::encode(d.into_bytes())),
-                    };
-                    if let Err(e) = plugin.store.save(&record) {
-                        tracing::error!(key = %record.key, "cannot save the endpoint record: {e}");
-                    }
-                }
                 self.add_endpoint(Endpoint {
                     key: request.key.as_str().to_string(),
                     network: request.network,
@@ -593,6 +575,10 @@ impl<T: Transport> Driver<T> {
                     request: Some(request.clone()),
                     counters: EndpointCounters::default(),
                 });
+                if let (Some(plugin), Some(endpoint)) = (&self.plugin, self.endpoints.get(&address))
+                {
+                    save_record(&plugin.store, endpoint, None);
+                }
                 self.wait_for(address, &request, reply, authorize_error);
             }
             PluginRequest::Detach { target, reply } => {
@@ -712,12 +698,7 @@ impl<T: Transport> Driver<T> {
             .node
             .set_multicast_subscriptions(now, network, extra_groups(request));
         if let Some(plugin) = &self.plugin {
-            if let Ok(Some(mut record)) = plugin.store.load(request.key.as_str()) {
-                record.attach = serde_json::to_value(request).ok();
-                if let Err(e) = plugin.store.save(&record) {
-                    tracing::warn!(key = %request.key, "cannot save the endpoint record: {e}");
-                }
-            }
+            save_record(&plugin.store, endpoint, None);
         }
     }
 
@@ -1397,11 +1378,8 @@ fn handle_endpoint_event(
             // Kept with the endpoint's record, to be applied at once after a restart. Written
             // here, in order with the record's other writes and its removal (configs are
             // rare: at attach and when the controller changes something).
-            if let Some(Ok(Some(mut record))) = store.map(|s| s.load(&endpoint.key)) {
-                record.config = Some(hex::encode(&dictionary));
-                if let Err(e) = store.map_or(Ok(()), |s| s.save(&record)) {
-                    tracing::warn!(key = %endpoint.key, "cannot save the endpoint's config: {e}");
-                }
+            if let Some(store) = store {
+                save_record(store, endpoint, Some(&dictionary));
             }
         }
         Event::NetworkStatusChanged { network_id, status } => {
@@ -1420,6 +1398,39 @@ fn handle_endpoint_event(
             tracing::error!(key = %endpoint.key, "endpoint identity collides with another node's");
         }
         other => tracing::debug!(key = %endpoint.key, "endpoint event ignored: {other:?}"),
+    }
+}
+
+/// Writes an endpoint's record: its identity, the attach that made it and its network's
+/// config (`dictionary`, or the node's current one), everything a restart needs.
+fn save_record(store: &EndpointStore, endpoint: &Endpoint, dictionary: Option<&[u8]>) {
+    let Some(request) = &endpoint.request else {
+        return;
+    };
+    let config = match dictionary {
+        Some(bytes) => Some(hex::encode(bytes)),
+        None => endpoint
+            .node
+            .network(endpoint.network)
+            .and_then(|n| n.config)
+            .and_then(|c| c.to_dictionary().ok())
+            .map(|d| hex::encode(d.into_bytes())),
+    };
+    let record = EndpointRecord {
+        key: request.key.as_str().to_string(),
+        network: format!("{:016x}", request.network.0),
+        netns: request.netns.clone().unwrap_or_default(),
+        if_name: request.if_name.as_str().to_string(),
+        identity: endpoint
+            .node
+            .identity()
+            .to_secret_string()
+            .unwrap_or_default(),
+        attach: serde_json::to_value(request).ok(),
+        config,
+    };
+    if let Err(e) = store.save(&record) {
+        tracing::error!(key = %record.key, "cannot save the endpoint record: {e}");
     }
 }
 

@@ -145,7 +145,17 @@ impl Home {
         &self,
         rng: &mut R,
     ) -> Result<String, HomeError> {
-        let path = self.path(AUTHTOKEN_SECRET);
+        self.load_or_create_token(AUTHTOKEN_SECRET, rng)
+    }
+
+    /// Reads the token file `name` (trimmed), or makes and writes (0600) a new random token
+    /// when it is absent or empty.
+    fn load_or_create_token<R: RngCore + CryptoRng>(
+        &self,
+        name: &str,
+        rng: &mut R,
+    ) -> Result<String, HomeError> {
+        let path = self.path(name);
         match fs::read_to_string(&path) {
             Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
             Ok(_) => {}
@@ -375,16 +385,7 @@ impl Home {
         &self,
         rng: &mut R,
     ) -> Result<String, HomeError> {
-        let path = self.path(METRICSTOKEN_SECRET);
-        match fs::read_to_string(&path) {
-            Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(HomeError::io(&path, e)),
-        }
-        let token = random_token(rng);
-        write_atomic(&path, token.as_bytes(), SECRET_MODE).map_err(|e| HomeError::io(&path, e))?;
-        Ok(token)
+        self.load_or_create_token(METRICSTOKEN_SECRET, rng)
     }
 }
 

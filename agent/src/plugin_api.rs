@@ -304,8 +304,9 @@ impl fmt::Display for IpPrefix {
     }
 }
 
-/// Serde for node-core's IDs and MACs as the text forms the rest of the agent uses.
-mod text_form {
+/// Serde for node-core's IDs and MACs as the text forms the rest of the agent uses (the
+/// plugins' own state files use them too).
+pub mod text_form {
     use super::*;
     use serde::{Deserializer, Serializer};
 
@@ -315,30 +316,25 @@ mod text_form {
             .map_err(|_| serde::de::Error::custom(format!("{text:?} is not {what}")))
     }
 
-    pub(super) mod network_id {
+    pub mod network_id {
         use super::*;
-        pub(crate) fn serialize<S: Serializer>(id: &NetworkId, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(id: &NetworkId, s: S) -> Result<S::Ok, S::Error> {
             s.collect_str(id)
         }
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NetworkId, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NetworkId, D::Error> {
             parse(d, "a network ID (16 hex digits)")
         }
     }
 
-    pub(super) mod opt_network_id {
+    pub mod opt_network_id {
         use super::*;
-        pub(crate) fn serialize<S: Serializer>(
-            id: &Option<NetworkId>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(id: &Option<NetworkId>, s: S) -> Result<S::Ok, S::Error> {
             match id {
                 Some(id) => s.collect_str(id),
                 None => s.serialize_none(),
             }
         }
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<NetworkId>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NetworkId>, D::Error> {
             let Some(text) = Option::<String>::deserialize(d)? else {
                 return Ok(None);
             };

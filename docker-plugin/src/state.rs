@@ -57,7 +57,11 @@ pub struct Pool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     /// The ZeroTier network, from `--ipam-opt zerotier.network` or CreateNetwork.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_nwid")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "zt_agent::plugin_api::text_form::opt_network_id"
+    )]
     pub zt_network: Option<NetworkId>,
     /// Unix seconds.
     pub created: u64,
@@ -67,7 +71,7 @@ pub struct Pool {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Network {
-    #[serde(with = "nwid")]
+    #[serde(with = "zt_agent::plugin_api::text_form::network_id")]
     pub zt_network: NetworkId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -97,7 +101,7 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
     pub phase: Phase,
-    #[serde(with = "nwid")]
+    #[serde(with = "zt_agent::plugin_api::text_form::network_id")]
     pub zt_network: NetworkId,
     /// The Docker network whose pool handed out the address (none for a spare).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,7 +138,7 @@ pub struct Reservation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeptKey {
-    #[serde(with = "nwid")]
+    #[serde(with = "zt_agent::plugin_api::text_form::network_id")]
     pub zt_network: NetworkId,
     pub name: String,
     pub agent_key: EndpointKey,
@@ -264,47 +268,6 @@ impl StateStore {
 }
 
 /// Serde for network IDs as their 16-hex-digit text.
-mod nwid {
-    use super::*;
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(id: &NetworkId, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(id)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NetworkId, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse()
-            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a network ID")))
-    }
-}
-
-mod opt_nwid {
-    use super::*;
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        id: &Option<NetworkId>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match id {
-            Some(id) => s.collect_str(id),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<NetworkId>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(d)? else {
-            return Ok(None);
-        };
-        text.parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a network ID")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -278,6 +278,24 @@ impl Netns {
             .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"))
     }
 
+    /// One ping to `target` from inside this namespace, waiting at most a second.
+    pub fn ping_once(&self, target: &str) -> bool {
+        self.command("ping")
+            .args(["-c", "1", "-W", "1", target])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Pings `target` until one answers (true) or 20 s have passed (false).
+    pub fn ping_until(&self, target: &str) -> bool {
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            self.ping_once(target).then_some(())
+        })
+        .is_some()
+    }
+
     /// Runs `ip -n <this> args`, panicking with ip's message when it fails.
     pub fn ip(&self, args: &[&str]) {
         let mut full = vec!["-n", self.name.as_str()];

@@ -172,19 +172,6 @@ impl Runtime<'_> {
     }
 }
 
-fn ping_until(from: &Netns, target: &str) -> bool {
-    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
-        from.command("ping")
-            .args(["-c", "1", "-W", "1", target])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-            .then_some(())
-    })
-    .is_some()
-}
-
 /// The IPv4 address (without prefix length) of the first IP in an ADD result.
 fn result_ipv4(result: &Value) -> String {
     result["ips"]
@@ -409,19 +396,19 @@ fn libcni_drives_the_plugin_on_two_hosts() {
 
     // The pods ping each other over ZeroTier; each host reaches its own pod.
     assert!(
-        ping_until(&pods[0], &pod_ips[1]),
+        pods[0].ping_until(&pod_ips[1]),
         "pod0 cannot ping pod1 ({})",
         pod_ips[1]
     );
     assert!(
-        ping_until(&pods[1], &pod_ips[0]),
+        pods[1].ping_until(&pod_ips[0]),
         "pod1 cannot ping pod0 ({})",
         pod_ips[0]
     );
     println!("pods ping each other");
     for (index, pod_ip) in pod_ips.iter().enumerate() {
         assert!(
-            ping_until(lan.host(index), pod_ip),
+            lan.host(index).ping_until(pod_ip),
             "host {index} cannot ping its pod {pod_ip}"
         );
     }

@@ -100,19 +100,6 @@ fn ipv6_of(endpoint: &Endpoint) -> String {
         .expect("an IPv6 address")
 }
 
-fn ping_until(from: &Netns, target: &str) -> bool {
-    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
-        from.command("ping")
-            .args(["-c", "1", "-W", "1", target])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-            .then_some(())
-    })
-    .is_some()
-}
-
 fn ping_count(from: &Netns, target: &str, count: u32) -> bool {
     from.command("ping")
         .args(["-c", &count.to_string(), "-i", "0.2", "-W", "1", target])
@@ -218,7 +205,7 @@ fn containers_attach_ping_and_survive_a_restart() {
         (&c2, "c2", &ip6_3),
         (&c3, "c3", &ip6_2),
     ] {
-        assert!(ping_until(from, to), "{name} cannot ping {to}");
+        assert!(from.ping_until(to), "{name} cannot ping {to}");
         println!("ping {name} -> {to} ok");
     }
 
@@ -279,13 +266,7 @@ fn containers_attach_ping_and_survive_a_restart() {
         ],
     );
     let answered = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-        c1.command("ping")
-            .args(["-c", "1", "-W", "1", &ip3])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-            .then_some(())
+        c1.ping_once(&ip3).then_some(())
     });
     assert!(answered.is_some(), "c1 cannot ping c3 after the restart");
     let outage = restarted.elapsed();
@@ -299,7 +280,7 @@ fn containers_attach_ping_and_survive_a_restart() {
     assert_eq!(ipv4_of(&back), ip3, "same IPv4 after the restart");
     assert_eq!(ipv6_of(&back), ip6_3, "same IPv6 after the restart");
     assert!(
-        ping_until(&c3, &ip6_1),
+        c3.ping_until(&ip6_1),
         "c3 cannot ping c1 over IPv6 after the restart"
     );
     println!("c3 restored after kill -9: {} {ip3} {ip6_3}", back.address);
@@ -327,10 +308,10 @@ fn containers_attach_ping_and_survive_a_restart() {
         .expect("member record");
     assert_eq!(member["authorized"], true, "{member}");
     let ip4 = ipv4_of(&e4);
-    assert!(ping_until(&c4, &ip1), "c4 cannot ping c1");
+    assert!(c4.ping_until(&ip1), "c4 cannot ping c1");
     println!("c4 authorized by its agent: {} {ip4}", e4.address);
     assert!(
-        ping_until(lan.host(1), &ip4),
+        lan.host(1).ping_until(&ip4),
         "the second host cannot reach c4 (host access)"
     );
     println!("the second host reaches c4");
@@ -360,7 +341,7 @@ fn containers_attach_ping_and_survive_a_restart() {
         "{again4:?}"
     );
     assert!(
-        ping_until(&c1, "10.213.98.4"),
+        c1.ping_until("10.213.98.4"),
         "c1 cannot reach c4's IPAM address"
     );
     println!("IPAM addresses applied and announced: c1 -> 10.213.98.4 ok");
@@ -393,7 +374,7 @@ fn containers_attach_ping_and_survive_a_restart() {
     c5.ip(&["link", "set", "ztdtest0", "name", "eth0"]);
     c5.ip(&["addr", "add", &ip5, "dev", "eth0"]);
     c5.ip(&["link", "set", "eth0", "up"]);
-    assert!(ping_until(&c5, &ip1), "c5 (moved by hand) cannot ping c1");
+    assert!(c5.ping_until(&ip1), "c5 (moved by hand) cannot ping c1");
     println!(
         "c5 attached without a namespace and moved by hand: {} {ip5}",
         e5.address
