@@ -83,7 +83,7 @@ impl Run {
             "{what}: no msg: {error}"
         );
         assert!(
-            error.get("details").map_or(true, Value::is_string),
+            error.get("details").is_none_or(Value::is_string),
             "{what}: details is not a string: {error}"
         );
         error
