@@ -16,8 +16,11 @@
 //! - `podman rm -f` of the first container does the same on host 0, and the namespace
 //!   podman made for it is gone.
 //!
-//! Podman's libcni keeps its result cache in `/var/lib/cni/results` (podman 4 has no option
-//! for it); the entries are removed with the containers.
+//! Two of podman's files stay in the machine's folders, as podman 4 has no option to move
+//! them: its libcni's result cache (`/var/lib/cni/results/<network>-<container>-eth0`,
+//! removed with each container) and `podman import`'s blob-info cache
+//! (`/var/lib/containers/cache`). Nothing else of podman's (locks, runc state, events,
+//! namespaces) is outside the test's folder, and no network outside the test's namespaces.
 
 use std::fs;
 use std::path::{Path, PathBuf};
