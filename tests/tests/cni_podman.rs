@@ -10,7 +10,7 @@
 //! from a tar of a busybox-static root (no registry). Podman runs in the host's network
 //! namespace (`nsenter --net`: see [`Netns::net_only_command`] for why not `ip netns exec`).
 //! - `podman run -d --network <ours>` on host 0: the container gets a ZeroTier address, the
-//!   one host 0's agent lists for it;
+//!   one host 0's agent lists for it, and host 0 reaches it;
 //! - `podman run --rm --network <ours>` on host 1 gets an address of its own and pings the
 //!   first container over ZeroTier; its removal (podman's CNI DEL) takes its endpoint away;
 //! - `podman rm -f` of the first container does the same on host 0, and the namespace
@@ -497,6 +497,13 @@ fn podman_runs_containers_on_the_plugin() {
                 .any(|line| line.contains("eth0") && line.contains(&container_ip)),
         "the container's eth0 does not have {container_ip}:\n{addresses}"
     );
+
+    // Host 0 itself reaches the container (host access, as for kubelet's probes).
+    assert!(
+        lan.host(0).ping_until(&container_ip),
+        "host 0 cannot ping its container {container_ip}"
+    );
+    println!("host 0 pings its container");
 
     // Host 1: `podman run --rm` gets an address and pings the first container over ZeroTier
     // (retrying for a while: paths and ARP are set up with the first packets).
