@@ -39,6 +39,10 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
     missing+=(golang-github-containernetworking-cni-dev)
 [ -x /usr/lib/cni/portmap ] || missing+=(containernetworking-plugins)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+# The podman end-to-end test (tests/tests/cni_podman.rs) runs Debian's podman 4 with its CNI
+# backend and an image imported from busybox-static (the dynamic busybox would not do).
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then

@@ -706,3 +706,23 @@ impl Peer {
             .any(|path| path.starts_with(&prefix))
     }
 }
+
+impl Netns {
+    /// A command that runs `program` with only its network namespace switched to this one
+    /// (`nsenter --net`), unlike [`Netns::command`], whose `ip netns exec` also gives the
+    /// program a mount namespace of its own (a slave of the test's).
+    ///
+    /// A container runtime needs this: the namespaces it creates for its containers are bind
+    /// mounts under `/run/netns`, which must be visible to the agent that plumbs them (an
+    /// agent in another namespace opens them by path). Made inside `ip netns exec`, such a
+    /// mount would never propagate out of the runtime's private mount namespace.
+    pub fn net_only_command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program)
+            .stdin(Stdio::null());
+        command
+    }
+}
