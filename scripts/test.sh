@@ -39,6 +39,10 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
     missing+=(golang-github-containernetworking-cni-dev)
 [ -x /usr/lib/cni/portmap ] || missing+=(containernetworking-plugins)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+# The Docker end-to-end test (tests/tests/docker_engine.rs) starts Debian's dockerd itself
+# and imports a busybox-static root as its image (no registry).
+[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
+[ -x /bin/busybox ] || missing+=(busybox-static)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then
