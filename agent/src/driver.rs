@@ -814,7 +814,7 @@ impl<T: Transport> Driver<T> {
             .ok_or_else(|| ApiError::new(ApiErrorCode::NotFound, "no such endpoint"))?;
         let attached = endpoint
             .request
-            .as_ref()
+            .clone()
             .ok_or_else(|| ApiError::new(ApiErrorCode::NotFound, "no such endpoint"))?;
         if attached.netns.is_some() {
             return Err(ApiError::invalid(format!(
@@ -830,10 +830,7 @@ impl<T: Transport> Driver<T> {
                 save_record(&plugin.store, endpoint, None);
             }
         }
-        Ok(describe(
-            endpoint,
-            endpoint.request.as_ref().expect("checked above"),
-        ))
+        Ok(describe(endpoint, &attached))
     }
 
     /// The same attachment again with other IPAM addresses or routes (a CNI plugin attaches
