@@ -40,8 +40,10 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 [ -x /usr/lib/cni/portmap ] || missing+=(containernetworking-plugins)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 # The podman end-to-end test (tests/tests/cni_podman.rs) runs Debian's podman 4 with its CNI
-# backend and an image imported from busybox-static (the dynamic busybox would not do).
+# backend; the Docker one (tests/tests/docker_engine.rs) starts Debian's dockerd itself. Both
+# import a busybox-static root as their image (no registry; the dynamic busybox would not do).
 command -v podman >/dev/null 2>&1 || missing+=(podman)
+[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"

@@ -32,8 +32,9 @@ use crate::home::Home;
 use crate::identity_pool::IdentityPool;
 use crate::networks::LocalSettings;
 use crate::plugin_api::{
-    ApiError, AttachRequest, DetachResponse, Endpoint as PluginEndpoint, EndpointCounters,
-    EndpointKey, EndpointRef, EndpointState, ErrorCode as ApiErrorCode, GcResponse, Status,
+    ApiError, AttachRequest, DetachRequest, DetachResponse, Endpoint as PluginEndpoint,
+    EndpointCounters, EndpointKey, EndpointRef, EndpointState, ErrorCode as ApiErrorCode,
+    GcResponse, SandboxRequest, Status,
 };
 use crate::plumbing::{NetnsRef, NetnsWorker};
 use crate::ports::{Ports, TapFrame};
@@ -68,6 +69,9 @@ pub trait EndpointPort: Send {
         let _ = revision;
         true
     }
+    /// The endpoint is removed for good (not just dropped at the agent's exit): an interface
+    /// made to outlive the agent must go with it.
+    fn discard(&mut self) {}
 }
 
 /// A frame from an endpoint's interface, tagged with the endpoint's node address.
@@ -83,6 +87,9 @@ pub struct Endpoint {
     pub port: Box<dyn EndpointPort>,
     /// The plugin API request that made it, when one did.
     pub request: Option<crate::plugin_api::AttachRequest>,
+    /// Without `netns` in its request: the namespace its runtime moved its interface into
+    /// (`POST /v1/sandbox`), kept in its record for a restart.
+    pub sandbox: Option<PathBuf>,
     pub counters: EndpointCounters,
 }
 
@@ -219,6 +226,15 @@ impl PluginState {
         self.credentials = credentials.map(std::sync::Arc::new);
         self
     }
+}
+
+/// Where an attach's tap comes from.
+enum Placement {
+    /// Made now (and moved into the request's `netns`, when it has one).
+    New,
+    /// Taken over from an earlier run: an endpoint without `netns` whose persistent tap is
+    /// in `sandbox`, or in our namespace.
+    Reopen { sandbox: Option<PathBuf> },
 }
 
 /// An attach waiting for its endpoint to be configured (or for its deadline).
@@ -371,25 +387,29 @@ impl<T: Transport> Driver<T> {
                 }
                 continue;
             }
-            match &request.netns {
-                None => {
-                    // Its runtime moved the tap somewhere we do not know; the record keeps
-                    // the identity for when the runtime attaches it again.
-                    tracing::info!(key = %record.key, "endpoint without a namespace; not restored");
-                    continue;
-                }
+            let placement = match &request.netns {
+                // Its persistent tap is where its runtime moved it, or still here.
+                None => Placement::Reopen {
+                    sandbox: record.sandbox.clone(),
+                },
                 Some(netns) if !netns.exists() => {
                     tracing::info!(key = %record.key, "container namespace gone; endpoint not restored");
                     continue;
                 }
-                Some(_) => {}
-            }
+                Some(_) => Placement::New,
+            };
             tracing::info!(key = %record.key, "restoring endpoint");
-            restore.push(request);
+            restore.push((request, placement));
         }
-        for request in restore {
-            let (reply, _) = oneshot::channel();
-            self.start_attach(request, reply);
+        for (request, placement) in restore {
+            let (reply, answer) = oneshot::channel();
+            let key = request.key.clone();
+            self.start_attach_at(request, reply, placement);
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = answer.await {
+                    tracing::info!(%key, "endpoint not restored: {}", e.message);
+                }
+            });
         }
     }
 
@@ -399,6 +419,16 @@ impl<T: Transport> Driver<T> {
         &mut self,
         request: AttachRequest,
         reply: oneshot::Sender<Result<PluginEndpoint, ApiError>>,
+    ) {
+        self.start_attach_at(request, reply, Placement::New);
+    }
+
+    /// [`Driver::start_attach`], with the tap made anew or taken over from an earlier run.
+    fn start_attach_at(
+        &mut self,
+        request: AttachRequest,
+        reply: oneshot::Sender<Result<PluginEndpoint, ApiError>>,
+        placement: Placement,
     ) {
         let Some(plugin) = &self.plugin else {
             let _ = reply.send(Err(ApiError::new(
@@ -421,6 +451,7 @@ impl<T: Transport> Driver<T> {
             plugin.applied.clone(),
         );
         let (identities, credentials) = (plugin.identities.clone(), plugin.credentials.clone());
+        let received = Instant::now();
         tokio::spawn(async move {
             let record = store.load(request.key.as_str()).ok().flatten();
             let saved = record
@@ -454,18 +485,52 @@ impl<T: Transport> Driver<T> {
                 .err(),
                 _ => None,
             };
-            let port = TapEndpointPort::open(
-                worker,
-                identity.address(),
-                request.network,
-                netns.map(NetnsRef::path),
-                request.if_name.as_str(),
-                (frames, applied),
-                crate::endpoints::PortOptions::of(&request),
-            )
-            .await
-            .map(Box::new)
-            .map_err(|e| ApiError::new(ApiErrorCode::Internal, e.to_string()));
+            let options = crate::endpoints::PortOptions::of(&request);
+            let (port, sandbox) = match placement {
+                Placement::New => (
+                    TapEndpointPort::open(
+                        worker,
+                        identity.address(),
+                        request.network,
+                        netns.map(NetnsRef::path),
+                        request.if_name.as_str(),
+                        (frames, applied),
+                        options,
+                    )
+                    .await
+                    .map(Box::new)
+                    .map_err(|e| ApiError::new(ApiErrorCode::Internal, e.to_string())),
+                    None,
+                ),
+                Placement::Reopen { sandbox } => {
+                    let location = sandbox
+                        .clone()
+                        .map_or_else(|| NetnsRef::of_process(std::process::id()), NetnsRef::path);
+                    let port = TapEndpointPort::reopen(
+                        worker,
+                        identity.address(),
+                        request.network,
+                        location.clone(),
+                        request.if_name.as_str(),
+                        (frames, applied),
+                        options,
+                    )
+                    .await
+                    .map_err(|e| ApiError::new(ApiErrorCode::Internal, e.to_string()))
+                    .and_then(|port| {
+                        port.map(Box::new).ok_or_else(|| {
+                            ApiError::new(
+                                ApiErrorCode::InterfaceMissing,
+                                format!(
+                                    "the interface of endpoint {} is not in {location} any more",
+                                    request.key
+                                ),
+                            )
+                        })
+                    });
+                    (port, sandbox)
+                }
+            };
             let _ = loopback
                 .send(PluginRequest::Opened {
                     request,
@@ -473,6 +538,8 @@ impl<T: Transport> Driver<T> {
                     saved_config,
                     authorize_error,
                     port,
+                    sandbox,
+                    received,
                     reply,
                 })
                 .await;
@@ -491,16 +558,69 @@ impl<T: Transport> Driver<T> {
             .collect()
     }
 
-    fn drop_endpoint(&mut self, address: Address) -> Option<EndpointKey> {
-        let endpoint = self.remove_endpoint(address)?;
+    /// Removes an endpoint and its interface; its record goes too, or with `keep_identity`
+    /// is reduced to the key's identity and config.
+    fn drop_endpoint(&mut self, address: Address, keep_identity: bool) -> Option<EndpointKey> {
+        let mut endpoint = self.remove_endpoint(address)?;
+        endpoint.port.discard();
         let key = endpoint.request.as_ref().map(|r| r.key.clone());
         if let (Some(plugin), Some(key)) = (&self.plugin, &key) {
-            if let Err(e) = plugin.store.remove(key.as_str()) {
-                tracing::warn!(%key, "cannot remove the endpoint record: {e}");
+            let kept = if keep_identity {
+                save_kept_identity(&plugin.store, &endpoint);
+                true
+            } else {
+                if let Err(e) = plugin.store.remove(key.as_str()) {
+                    tracing::warn!(%key, "cannot remove the endpoint record: {e}");
+                }
+                false
+            };
+            tracing::info!(%key, identity_kept = kept, "endpoint removed");
+        }
+        key
+    }
+
+    /// A detach that found no hosted endpoint: the record of the key (a kept identity, or an
+    /// endpoint that was not restored) is forgotten or, with `keepIdentity`, reduced to its
+    /// identity; a persistent tap it left in our namespace is deleted.
+    fn forget_unhosted(&mut self, request: &DetachRequest) {
+        let (Some(plugin), Some(key)) = (&self.plugin, &request.key) else {
+            return;
+        };
+        if self.endpoints.values().any(|e| e.key == key.as_str()) {
+            // Another attachment has the key now; its record is not this detach's.
+            return;
+        }
+        let Ok(Some(mut record)) = plugin.store.load(key.as_str()) else {
+            return;
+        };
+        let attached = record
+            .attach
+            .clone()
+            .and_then(|v| serde_json::from_value::<AttachRequest>(v).ok());
+        let target = request.target();
+        if let Some(attached) = &attached {
+            if !target.matches_request(attached) {
+                return;
+            }
+            if attached.netns.is_none() {
+                let (worker, if_name) = (plugin.worker.clone(), attached.if_name.clone());
+                tokio::spawn(async move {
+                    let here = NetnsRef::of_process(std::process::id());
+                    if let Ok(true) = worker.delete_link(here, if_name.as_str()).await {
+                        tracing::info!(interface = %if_name, "deleted a detached endpoint's tap");
+                    }
+                });
             }
         }
-        tracing::info!(key = %endpoint.key, "endpoint removed");
-        key
+        if request.keep_identity {
+            record.attach = None;
+            record.sandbox = None;
+            if let Err(e) = plugin.store.save(&record) {
+                tracing::warn!(%key, "cannot save the kept identity: {e}");
+            }
+        } else if let Err(e) = plugin.store.remove(key.as_str()) {
+            tracing::warn!(%key, "cannot remove the endpoint record: {e}");
+        }
     }
 
     fn handle_plugin(&mut self, request: PluginRequest) {
@@ -517,7 +637,7 @@ impl<T: Transport> Driver<T> {
                 });
                 if let Some(address) = same {
                     self.update_extras(address, &request);
-                    self.wait_for(address, &request, reply, None);
+                    self.wait_for(address, &request, reply, None, Instant::now());
                     return;
                 }
                 // A new container under the key replaces the old endpoint.
@@ -527,8 +647,9 @@ impl<T: Transport> Driver<T> {
                     .filter(|(_, e)| e.request.as_ref().is_some_and(|r| r.key == request.key))
                     .map(|(a, _)| *a)
                     .collect();
+                // The identity follows the key.
                 for address in stale {
-                    self.drop_endpoint(address);
+                    self.drop_endpoint(address, true);
                 }
                 self.start_attach(request, reply);
             }
@@ -538,6 +659,8 @@ impl<T: Transport> Driver<T> {
                 saved_config,
                 authorize_error,
                 port,
+                sandbox,
+                received,
                 reply,
             } => {
                 let mut port = match port {
@@ -573,26 +696,31 @@ impl<T: Transport> Driver<T> {
                     node,
                     port,
                     request: Some(request.clone()),
+                    sandbox,
                     counters: EndpointCounters::default(),
                 });
                 if let (Some(plugin), Some(endpoint)) = (&self.plugin, self.endpoints.get(&address))
                 {
                     save_record(&plugin.store, endpoint, None);
                 }
-                self.wait_for(address, &request, reply, authorize_error);
+                self.wait_for(address, &request, reply, authorize_error, received);
             }
-            PluginRequest::Detach { target, reply } => {
-                let found = self.find_endpoints(&target);
+            PluginRequest::Detach { request, reply } => {
+                let found = self.find_endpoints(&request.target());
                 let detached = !found.is_empty();
                 for address in found {
-                    self.drop_endpoint(address);
+                    self.drop_endpoint(address, request.keep_identity);
                 }
-                // Not hosted (e.g. the agent restarted before the namespace went): forget the
-                // record too.
-                if let (Some(plugin), Some(key)) = (&self.plugin, &target.key) {
-                    let _ = plugin.store.remove(key.as_str());
+                // Not hosted (the agent restarted after the namespace went, or only the
+                // identity is kept): the record.
+                if !detached {
+                    self.forget_unhosted(&request);
                 }
                 let _ = reply.send(Ok(DetachResponse { detached }));
+            }
+            PluginRequest::Sandbox { request, reply } => {
+                let answer = self.set_sandbox(request);
+                let _ = reply.send(answer);
             }
             PluginRequest::Check { target, reply } => {
                 let found = self.find_endpoints(&target);
@@ -653,7 +781,7 @@ impl<T: Transport> Driver<T> {
                     .collect();
                 let removed = gone
                     .into_iter()
-                    .filter_map(|a| self.drop_endpoint(a))
+                    .filter_map(|a| self.drop_endpoint(a, false))
                     .collect();
                 let _ = reply.send(Ok(GcResponse {
                     removed,
@@ -669,6 +797,40 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(Ok(list));
             }
         }
+    }
+
+    /// `POST /v1/sandbox`: records where the runtime moved the interface of an endpoint
+    /// without `netns`.
+    fn set_sandbox(&mut self, request: SandboxRequest) -> Result<PluginEndpoint, ApiError> {
+        let target = request.target();
+        let address = self
+            .find_endpoints(&target)
+            .first()
+            .copied()
+            .ok_or_else(|| ApiError::new(ApiErrorCode::NotFound, "no such endpoint"))?;
+        let endpoint = self
+            .endpoints
+            .get_mut(&address)
+            .ok_or_else(|| ApiError::new(ApiErrorCode::NotFound, "no such endpoint"))?;
+        let attached = endpoint
+            .request
+            .clone()
+            .ok_or_else(|| ApiError::new(ApiErrorCode::NotFound, "no such endpoint"))?;
+        if attached.netns.is_some() {
+            return Err(ApiError::invalid(format!(
+                "endpoint {} was attached into a namespace by the agent; only an endpoint \
+                 attached without netns has a sandbox",
+                request.key
+            )));
+        }
+        if endpoint.sandbox != request.sandbox {
+            tracing::info!(key = %request.key, sandbox = ?request.sandbox, "endpoint sandbox");
+            endpoint.sandbox = request.sandbox;
+            if let Some(plugin) = &self.plugin {
+                save_record(&plugin.store, endpoint, None);
+            }
+        }
+        Ok(describe(endpoint, &attached))
     }
 
     /// The same attachment again with other IPAM addresses or routes (a CNI plugin attaches
@@ -708,13 +870,16 @@ impl<T: Transport> Driver<T> {
         request: &AttachRequest,
         reply: oneshot::Sender<Result<PluginEndpoint, ApiError>>,
         authorize_error: Option<String>,
+        received: Instant,
     ) {
         let Some(plugin) = self.plugin.as_mut() else {
             return;
         };
         plugin.waiters.push(AttachWaiter {
             address,
-            deadline: Instant::now() + request.wait_duration(),
+            // From the request's arrival: opening the endpoint may have taken a while, and the
+            // server gives up a short grace after the wait.
+            deadline: received + request.wait_duration(),
             authorize_error,
             reply,
         });
@@ -1427,10 +1592,25 @@ fn save_record(store: &EndpointStore, endpoint: &Endpoint, dictionary: Option<&[
             .to_secret_string()
             .unwrap_or_default(),
         attach: serde_json::to_value(request).ok(),
+        sandbox: endpoint.sandbox.clone(),
         config,
     };
     if let Err(e) = store.save(&record) {
         tracing::error!(key = %record.key, "cannot save the endpoint record: {e}");
+    }
+}
+
+/// Reduces an endpoint's record to its key's identity and network config, for a later
+/// attach with the key (a detach with `keepIdentity`).
+fn save_kept_identity(store: &EndpointStore, endpoint: &Endpoint) {
+    save_record(store, endpoint, None);
+    let Ok(Some(mut record)) = store.load(&endpoint.key) else {
+        return;
+    };
+    record.attach = None;
+    record.sandbox = None;
+    if let Err(e) = store.save(&record) {
+        tracing::error!(key = %record.key, "cannot save the kept identity: {e}");
     }
 }
 
@@ -1600,6 +1780,7 @@ mod tests {
                     configs: ctx,
                 }),
                 request: None,
+                sandbox: None,
                 counters: EndpointCounters::default(),
             });
             delivered.push(frx);

@@ -9,8 +9,9 @@ use crate::driver::Endpoint as HostedEndpoint;
 use crate::endpoints::TapEndpointPort;
 use crate::endpoints::{link_spec, PortOptions};
 use crate::plugin_api::{
-    ApiError, AttachRequest, DetachResponse, Endpoint, EndpointManager, EndpointRef, EndpointState,
-    ErrorCode, GcRequest, GcResponse, IpPrefix, ManagerFuture, Route, Status,
+    ApiError, AttachRequest, DetachRequest, DetachResponse, Endpoint, EndpointManager, EndpointRef,
+    EndpointState, ErrorCode, GcRequest, GcResponse, IpPrefix, ManagerFuture, Route,
+    SandboxRequest, Status,
 };
 
 /// A plugin API call for the driver.
@@ -20,8 +21,12 @@ pub enum PluginRequest {
         reply: oneshot::Sender<Result<Endpoint, ApiError>>,
     },
     Detach {
-        target: EndpointRef,
+        request: DetachRequest,
         reply: oneshot::Sender<Result<DetachResponse, ApiError>>,
+    },
+    Sandbox {
+        request: SandboxRequest,
+        reply: oneshot::Sender<Result<Endpoint, ApiError>>,
     },
     Check {
         target: EndpointRef,
@@ -47,6 +52,10 @@ pub enum PluginRequest {
         /// Why authorizing it with the agent's controller credentials failed, if it did.
         authorize_error: Option<String>,
         port: Result<Box<TapEndpointPort>, ApiError>,
+        /// Where the runtime had moved the interface (a restored endpoint without `netns`).
+        sandbox: Option<std::path::PathBuf>,
+        /// When the attach arrived (its wait counts from then).
+        received: std::time::Instant,
         reply: oneshot::Sender<Result<Endpoint, ApiError>>,
     },
 }
@@ -88,8 +97,22 @@ impl EndpointManager for DriverEndpointManager {
     }
 
     fn detach(&self, target: EndpointRef) -> ManagerFuture<'_, Result<DetachResponse, ApiError>> {
+        self.detach_with(target.into())
+    }
+
+    fn detach_with(
+        &self,
+        request: DetachRequest,
+    ) -> ManagerFuture<'_, Result<DetachResponse, ApiError>> {
         Box::pin(self.ask(
-            move |reply| PluginRequest::Detach { target, reply },
+            move |reply| PluginRequest::Detach { request, reply },
+            || Err(agent_gone()),
+        ))
+    }
+
+    fn sandbox(&self, request: SandboxRequest) -> ManagerFuture<'_, Result<Endpoint, ApiError>> {
+        Box::pin(self.ask(
+            move |reply| PluginRequest::Sandbox { request, reply },
             || Err(agent_gone()),
         ))
     }

@@ -45,8 +45,14 @@ pub struct EndpointRecord {
     /// `identity.secret`'s text form.
     pub identity: String,
     /// The attach request that made the endpoint (to make it again after a restart).
+    /// `None`: no endpoint, only the key's identity (and config) kept for a later attach
+    /// (a detach with `keepIdentity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<serde_json::Value>,
+    /// For an endpoint without `netns`: the namespace its runtime moved the interface into
+    /// (`POST /v1/sandbox`), where a restarted agent looks for it by its MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<PathBuf>,
     /// The network's last config (its dictionary, in hex), applied at once after a restart
     /// while the controller is asked again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,26 +192,20 @@ impl TapEndpointPort {
         let mac = Mac::from_address(address, network);
         let Some(netns) = netns else {
             // Named as asked, in our namespace, with its MAC and MTU and up; whoever moves it
-            // (Docker) addresses it.
+            // (Docker) addresses it. Persistent: once moved it is the container's interface,
+            // which must outlive an agent restart.
             let mtu = options.mtu.unwrap_or(DEFAULT_MTU);
-            let tap = Tap::create(if_name, mac.0, mtu).map_err(|e| {
+            let tap = Tap::create_persistent(if_name, mac.0, mtu).map_err(|e| {
                 PlumbingError::InvalidInput(format!("cannot create tap {if_name}: {e}"))
             })?;
-            let tap = Arc::new(tap);
-            let reader = tokio::spawn(read_frames(address, tap.clone(), frames));
-            return Ok(Self {
+            return Ok(Self::unmoved(
                 tap,
                 worker,
-                netns: None,
-                if_name: if_name.to_string(),
-                mac,
-                reader,
-                applied: Arc::new(AtomicU64::new(0)),
-                applied_notify,
-                pending: watch::Sender::new(None),
-                configurer: None,
+                address,
+                if_name,
+                (frames, applied_notify),
                 options,
-            });
+            ));
         };
         // A name unique on this host while the tap is still ours.
         let temporary = format!("zte{}", &address.to_string()[..8]);
@@ -234,6 +234,69 @@ impl TapEndpointPort {
             configurer: None,
             options,
         })
+    }
+}
+
+impl TapEndpointPort {
+    /// The port of an endpoint without `netns` from an earlier run of the agent: its
+    /// persistent tap, found by its MAC in `location` (the namespace its runtime moved it
+    /// into, or ours), is taken over as it is. `Ok(None)` when it is in neither (the
+    /// container is gone); nothing is created.
+    pub async fn reopen(
+        worker: NetnsWorker,
+        address: Address,
+        network: NetworkId,
+        location: NetnsRef,
+        if_name: &str,
+        (frames, applied_notify): (mpsc::Sender<EndpointFrame>, Arc<Notify>),
+        options: PortOptions,
+    ) -> Result<Option<Self>, PlumbingError> {
+        let mac = Mac::from_address(address, network);
+        let Some(opened) = worker.open_tap(location.clone(), mac.0).await? else {
+            return Ok(None);
+        };
+        let tap =
+            Tap::take_over(opened.device, opened.control, &opened.name, mac.0).map_err(|e| {
+                PlumbingError::InvalidInput(format!(
+                    "cannot take over tap {} in {location}: {e}",
+                    opened.name
+                ))
+            })?;
+        Ok(Some(Self::unmoved(
+            tap,
+            worker,
+            address,
+            if_name,
+            (frames, applied_notify),
+            options,
+        )))
+    }
+
+    /// A port whose tap the runtime moves and addresses (no `netns`).
+    fn unmoved(
+        tap: Tap,
+        worker: NetnsWorker,
+        address: Address,
+        if_name: &str,
+        (frames, applied_notify): (mpsc::Sender<EndpointFrame>, Arc<Notify>),
+        options: PortOptions,
+    ) -> Self {
+        let mac = Mac(tap.mac());
+        let tap = Arc::new(tap);
+        let reader = tokio::spawn(read_frames(address, tap.clone(), frames));
+        Self {
+            tap,
+            worker,
+            netns: None,
+            if_name: if_name.to_string(),
+            mac,
+            reader,
+            applied: Arc::new(AtomicU64::new(0)),
+            applied_notify,
+            pending: watch::Sender::new(None),
+            configurer: None,
+            options,
+        }
     }
 }
 
@@ -286,6 +349,16 @@ impl EndpointPort for TapEndpointPort {
 
     fn is_applied(&self, revision: u64) -> bool {
         self.applied.load(Ordering::Acquire) == revision.saturating_add(1)
+    }
+
+    fn discard(&mut self) {
+        // A persistent tap (no `netns`) would outlive its descriptor; make it go with it,
+        // wherever it is now.
+        if self.netns.is_none() {
+            if let Err(e) = self.tap.set_persistent(false) {
+                tracing::warn!(interface = %self.if_name, "cannot make the tap transient: {e}");
+            }
+        }
     }
 }
 
@@ -413,6 +486,7 @@ mod tests {
             if_name: "eth0".into(),
             identity: "0123456789:0:00:00".into(),
             attach: None,
+            sandbox: None,
             config: None,
         }
     }
@@ -437,6 +511,17 @@ mod tests {
         assert!(store.remove(&a.key).unwrap());
         assert!(!store.remove(&a.key).unwrap(), "removing twice is harmless");
         assert_eq!(store.load_all(), vec![b]);
+        // A kept identity: no attach; a Docker endpoint's record names its sandbox.
+        let mut kept = record("docker/kept");
+        kept.sandbox = Some("/var/run/docker/netns/1a2b".into());
+        store.save(&kept).unwrap();
+        assert_eq!(store.load(&kept.key).unwrap(), Some(kept.clone()));
+        // Records written before the field existed still read.
+        let old = serde_json::json!({"key": "old", "network": "8056c2e21c000001",
+            "netns": "", "ifName": "ztd0", "identity": "x"});
+        let old: EndpointRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old.sandbox, None);
+        assert!(store.remove(&kept.key).unwrap());
         assert!(matches!(
             store.save(&record("")),
             Err(EndpointStoreError::BadKey)

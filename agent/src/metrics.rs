@@ -784,6 +784,7 @@ mod tests {
             node,
             port: Box::new(NullPort),
             request: None,
+            sandbox: None,
             counters: EndpointCounters {
                 rx_packets: 3,
                 rx_bytes: 300,

@@ -610,6 +610,92 @@ impl EndpointRef {
     }
 }
 
+/// `POST /v1/detach`: the endpoint (as [`EndpointRef`] names it), and whether its key's
+/// identity is kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DetachRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<EndpointKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<ContainerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_name: Option<InterfaceName>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "text_form::opt_network_id"
+    )]
+    pub network: Option<NetworkId>,
+    /// The endpoint and its interface go, but the key's identity (and its network's last
+    /// config) stays, so that a later attach with the key is the same member with the same
+    /// addresses. Without it (the default) the identity goes too; a detach by key alone of a
+    /// key that only has a kept identity deletes that identity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_identity: bool,
+}
+
+impl DetachRequest {
+    /// The endpoint it names.
+    pub fn target(&self) -> EndpointRef {
+        EndpointRef {
+            key: self.key.clone(),
+            container_id: self.container_id.clone(),
+            if_name: self.if_name.clone(),
+            network: self.network,
+        }
+    }
+}
+
+impl From<EndpointRef> for DetachRequest {
+    fn from(target: EndpointRef) -> Self {
+        Self {
+            key: target.key,
+            container_id: target.container_id,
+            if_name: target.if_name,
+            network: target.network,
+            keep_identity: false,
+        }
+    }
+}
+
+/// `POST /v1/sandbox`: where the runtime moved (or put back) the interface of an endpoint
+/// attached without `netns` (Docker's Join and Leave), so that a restarted agent finds it
+/// there. Every field names the endpoint and must match it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxRequest {
+    pub key: EndpointKey,
+    pub container_id: ContainerId,
+    pub if_name: InterfaceName,
+    /// The namespace the interface is moved into (a path such as Docker's
+    /// `/var/run/docker/netns/<id>`); `null`: back in the agent's namespace, named `ifName`.
+    #[serde(default)]
+    pub sandbox: Option<PathBuf>,
+}
+
+impl SandboxRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        match &self.sandbox {
+            Some(path) if !path.is_absolute() => Err(ApiError::invalid(format!(
+                "sandbox {} is not an absolute path",
+                path.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The endpoint it names.
+    pub fn target(&self) -> EndpointRef {
+        EndpointRef {
+            key: Some(self.key.clone()),
+            container_id: Some(self.container_id.clone()),
+            if_name: Some(self.if_name.clone()),
+            network: None,
+        }
+    }
+}
+
 /// `POST /v1/detach`: whether an endpoint was there to remove. Unknown endpoints are not an
 /// error (`detached: false`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1057,6 +1143,28 @@ pub trait EndpointManager: Send + Sync + 'static {
     fn status(&self) -> ManagerFuture<'_, Status>;
     fn gc(&self, request: GcRequest) -> ManagerFuture<'_, Result<GcResponse, ApiError>>;
     fn endpoints(&self) -> ManagerFuture<'_, Result<Vec<Endpoint>, ApiError>>;
+    /// `detach` with its options; a manager without kept identities refuses `keepIdentity`.
+    fn detach_with(
+        &self,
+        request: DetachRequest,
+    ) -> ManagerFuture<'_, Result<DetachResponse, ApiError>> {
+        if request.keep_identity {
+            return Box::pin(std::future::ready(Err(ApiError::new(
+                ErrorCode::UnsupportedOperation,
+                "this agent cannot keep an endpoint's identity (keepIdentity)",
+            ))));
+        }
+        self.detach(request.target())
+    }
+    /// Records where the runtime moved an endpoint's interface; `NotFound` when no endpoint
+    /// matches every field.
+    fn sandbox(&self, request: SandboxRequest) -> ManagerFuture<'_, Result<Endpoint, ApiError>> {
+        let _ = request;
+        Box::pin(std::future::ready(Err(ApiError::new(
+            ErrorCode::UnsupportedOperation,
+            "this agent does not track sandboxes",
+        ))))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1313,7 +1421,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> HttpResponse {
         return unsupported(&parts.method, path, None);
     };
     let expected = match operation {
-        "attach" | "detach" | "check" | "gc" => Method::POST,
+        "attach" | "detach" | "check" | "gc" | "sandbox" => Method::POST,
         "status" | "endpoints" => Method::GET,
         _ => return unsupported(&parts.method, path, None),
     };
@@ -1325,6 +1433,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> HttpResponse {
         "detach" => detach(shared, &body).await,
         "check" => check(shared, &body).await,
         "gc" => gc(shared, &body).await,
+        "sandbox" => sandbox(shared, &body).await,
         "status" => Ok(to_json(&shared.manager.status().await)),
         "endpoints" => bounded(OPERATION_TIMEOUT, shared.manager.endpoints())
             .await
@@ -1352,11 +1461,25 @@ async fn attach(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
 }
 
 async fn detach(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let request: EndpointRef = parse_body(body)?;
-    request.validate()?;
-    let _guards = lock_endpoint(&shared.locks, request.key.as_ref(), attachment_of(&request)).await;
-    let answer = bounded(OPERATION_TIMEOUT, shared.manager.detach(request)).await?;
+    let request: DetachRequest = parse_body(body)?;
+    let target = request.target();
+    target.validate()?;
+    let _guards = lock_endpoint(&shared.locks, target.key.as_ref(), attachment_of(&target)).await;
+    let answer = bounded(OPERATION_TIMEOUT, shared.manager.detach_with(request)).await?;
     Ok(to_json(&answer))
+}
+
+async fn sandbox(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let request: SandboxRequest = parse_body(body)?;
+    request.validate()?;
+    let _guards = lock_endpoint(
+        &shared.locks,
+        Some(&request.key),
+        Some((&request.container_id, &request.if_name)),
+    )
+    .await;
+    let endpoint = bounded(OPERATION_TIMEOUT, shared.manager.sandbox(request)).await?;
+    Ok(to_json(&endpoint))
 }
 
 async fn check(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
@@ -1699,5 +1822,100 @@ mod tests {
         drop(first);
         waiter.await.unwrap();
         assert!(locks.is_empty());
+    }
+
+    #[test]
+    fn detach_and_sandbox_requests_parse_and_validate() {
+        let detach: DetachRequest = serde_json::from_value(json!({
+            "key": "docker/3f9a0c1b2d4e", "containerId": "3f9a0c1b2d4e",
+            "ifName": "ztd3f9a0c1b2d4e", "keepIdentity": true
+        }))
+        .unwrap();
+        assert!(detach.keep_identity);
+        let target = detach.target();
+        assert_eq!(target.key, detach.key);
+        assert_eq!(target.if_name, detach.if_name);
+        // The plain form still parses, without the option; and it is not sent when false.
+        let plain: DetachRequest = serde_json::from_value(json!({"key": "a"})).unwrap();
+        assert!(!plain.keep_identity);
+        assert_eq!(serde_json::to_value(&plain).unwrap(), json!({"key": "a"}));
+        assert!(serde_json::from_value::<DetachRequest>(json!({"key": "a", "keep": 1})).is_err());
+
+        let sandbox: SandboxRequest = serde_json::from_value(json!({
+            "key": "docker/3f9a0c1b2d4e", "containerId": "3f9a0c1b2d4e",
+            "ifName": "ztd3f9a0c1b2d4e", "sandbox": "/var/run/docker/netns/1a2b"
+        }))
+        .unwrap();
+        assert!(sandbox.validate().is_ok());
+        assert_eq!(
+            sandbox
+                .target()
+                .container_id
+                .as_ref()
+                .map(ContainerId::as_str),
+            Some("3f9a0c1b2d4e")
+        );
+        let back: SandboxRequest = serde_json::from_value(json!({
+            "key": "k", "containerId": "c", "ifName": "i", "sandbox": null
+        }))
+        .unwrap();
+        assert_eq!(back.sandbox, None);
+        let relative: SandboxRequest = serde_json::from_value(json!({
+            "key": "k", "containerId": "c", "ifName": "i", "sandbox": "netns/1"
+        }))
+        .unwrap();
+        assert_eq!(
+            relative.validate().unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+        assert!(serde_json::from_value::<SandboxRequest>(json!({"key": "k"})).is_err());
+    }
+
+    /// A manager that knows nothing of kept identities or sandboxes.
+    struct Plain;
+
+    impl EndpointManager for Plain {
+        fn attach(&self, _: AttachRequest) -> ManagerFuture<'_, Result<Endpoint, ApiError>> {
+            Box::pin(async { Err(ApiError::internal("unused")) })
+        }
+        fn detach(&self, _: EndpointRef) -> ManagerFuture<'_, Result<DetachResponse, ApiError>> {
+            Box::pin(async { Ok(DetachResponse { detached: true }) })
+        }
+        fn check(&self, _: EndpointRef) -> ManagerFuture<'_, Result<Endpoint, ApiError>> {
+            Box::pin(async { Err(ApiError::internal("unused")) })
+        }
+        fn status(&self) -> ManagerFuture<'_, Status> {
+            Box::pin(async { unreachable!() })
+        }
+        fn gc(&self, _: GcRequest) -> ManagerFuture<'_, Result<GcResponse, ApiError>> {
+            Box::pin(async { Err(ApiError::internal("unused")) })
+        }
+        fn endpoints(&self) -> ManagerFuture<'_, Result<Vec<Endpoint>, ApiError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn managers_without_the_additions_refuse_them_clearly() {
+        let key: EndpointKey = "k".parse().unwrap();
+        let plain = DetachRequest {
+            key: Some(key.clone()),
+            ..DetachRequest::default()
+        };
+        assert!(Plain.detach_with(plain.clone()).await.unwrap().detached);
+        let keeping = DetachRequest {
+            keep_identity: true,
+            ..plain
+        };
+        let refused = Plain.detach_with(keeping).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::UnsupportedOperation);
+        let sandbox = SandboxRequest {
+            key,
+            container_id: "c".parse().unwrap(),
+            if_name: "i".parse().unwrap(),
+            sandbox: None,
+        };
+        let refused = Plain.sandbox(sandbox).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::UnsupportedOperation);
     }
 }

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::plugin_api::{
-    ApiError, AttachRequest, DetachResponse, Endpoint, EndpointRef, GcRequest, GcResponse, Status,
-    API_PREFIX, ATTACH_GRACE,
+    ApiError, AttachRequest, DetachRequest, DetachResponse, Endpoint, EndpointRef, GcRequest,
+    GcResponse, SandboxRequest, Status, API_PREFIX, ATTACH_GRACE,
 };
 
 /// Deadline of an operation other than attach.
@@ -97,6 +97,16 @@ impl PluginClient {
 
     pub fn detach(&self, request: &EndpointRef) -> Result<DetachResponse, ClientError> {
         self.call("POST", "detach", Some(request), self.timeout)
+    }
+
+    /// A detach with its options (`keepIdentity`).
+    pub fn detach_with(&self, request: &DetachRequest) -> Result<DetachResponse, ClientError> {
+        self.call("POST", "detach", Some(request), self.timeout)
+    }
+
+    /// Where the runtime moved an endpoint's interface (`POST /v1/sandbox`).
+    pub fn sandbox(&self, request: &SandboxRequest) -> Result<Endpoint, ClientError> {
+        self.call("POST", "sandbox", Some(request), self.timeout)
     }
 
     pub fn check(&self, request: &EndpointRef) -> Result<Endpoint, ClientError> {

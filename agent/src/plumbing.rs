@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use nix::sched::{setns, CloneFlags};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -233,6 +235,22 @@ enum Job {
         ifname: String,
         reply: Reply<bool>,
     },
+    OpenTap {
+        netns: NetnsRef,
+        mac: [u8; 6],
+        reply: Reply<Option<OpenedTap>>,
+    },
+}
+
+/// A tap found in a namespace by its MAC, with what taking it over needs: a `/dev/net/tun`
+/// descriptor and a control socket, both opened inside that namespace (see
+/// [`crate::tap::Tap::take_over`]).
+#[derive(Debug)]
+pub struct OpenedTap {
+    pub device: File,
+    pub control: socket2::Socket,
+    /// Its name there (the runtime may have renamed it).
+    pub name: String,
 }
 
 impl NetnsWorker {
@@ -338,6 +356,16 @@ impl NetnsWorker {
         .await
     }
 
+    /// Finds the interface whose MAC is `mac` in `netns` and opens what taking it over as a
+    /// tap needs. `Ok(None)` when there is no such interface or the namespace is gone.
+    pub async fn open_tap(
+        &self,
+        netns: NetnsRef,
+        mac: [u8; 6],
+    ) -> Result<Option<OpenedTap>, PlumbingError> {
+        self.call(|reply| Job::OpenTap { netns, mac, reply }).await
+    }
+
     async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, PlumbingError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -392,6 +420,9 @@ impl Thread {
                     ifname,
                     reply,
                 } => answer(reply, self.link_exists(&netns, &ifname).await),
+                Job::OpenTap { netns, mac, reply } => {
+                    answer(reply, self.open_tap(&netns, mac).await)
+                }
             };
             if stop {
                 tracing::error!("network namespace plumbing thread stopped");
@@ -604,7 +635,88 @@ impl Thread {
     }
 }
 
+impl Thread {
+    async fn open_tap(
+        &self,
+        netns: &NetnsRef,
+        mac: [u8; 6],
+    ) -> Result<Option<OpenedTap>, PlumbingError> {
+        let Some(session) = self.session_in(netns)? else {
+            return Ok(None);
+        };
+        let Some(name) = session.name_with_mac(mac).await? else {
+            return Ok(None);
+        };
+        let Some(target) = netns.open()? else {
+            return Ok(None);
+        };
+        let netns_name = netns.to_string();
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+            PlumbingError::EnterNamespace {
+                netns: netns_name.clone(),
+                source: errno.into(),
+            }
+        })?;
+        // Both are bound to the namespace they are opened in: the descriptor finds the tap by
+        // name there, the socket sets its flags there.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .and_then(|device| {
+                let control =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+                Ok((device, control))
+            });
+        if let Err(errno) = setns(&self.own_netns, CloneFlags::CLONE_NEWNET) {
+            return Err(PlumbingError::ReturnToOwnNamespace {
+                netns: netns_name,
+                source: errno.into(),
+            });
+        }
+        let (device, control) = opened.map_err(|source| PlumbingError::Netlink {
+            operation: "opening /dev/net/tun for".to_owned(),
+            ifname: name.clone(),
+            netns: netns_name,
+            source,
+        })?;
+        Ok(Some(OpenedTap {
+            device,
+            control,
+            name,
+        }))
+    }
+}
+
 impl Session {
+    /// The name of the interface whose MAC is `mac`, if there is one.
+    async fn name_with_mac(&self, mac: [u8; 6]) -> Result<Option<String>, PlumbingError> {
+        let mut links = self.handle.link().get().execute();
+        loop {
+            match links.try_next().await {
+                Ok(Some(link)) => {
+                    let mut name = None;
+                    let mut matches = false;
+                    for attribute in link.attributes {
+                        match attribute {
+                            LinkAttribute::IfName(n) => name = Some(n),
+                            LinkAttribute::Address(a) => matches = a == mac,
+                            _ => {}
+                        }
+                    }
+                    if matches && name.is_some() {
+                        return Ok(name);
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    return Err(self.failure("listing".to_owned(), &mac_text(mac), error))
+                }
+            }
+        }
+    }
+
     /// The index of interface `ifname`, or `None` if there is none by that name.
     async fn index_of(&self, ifname: &str) -> Result<Option<u32>, PlumbingError> {
         let mut answers = self

@@ -1,9 +1,11 @@
 //! The Linux tap device behind one ZeroTier virtual network.
 //!
 //! A [`Tap`] is created through `/dev/net/tun` with `IFF_TAP | IFF_NO_PI`, so every read
-//! yields one bare Ethernet frame and every write injects one. The device is not persistent:
-//! the open file descriptor owns it, and dropping the [`Tap`] closes the descriptor, which
-//! makes the kernel remove the interface.
+//! yields one bare Ethernet frame and every write injects one. The device is normally not
+//! persistent: the open file descriptor owns it, and dropping the [`Tap`] closes the
+//! descriptor, which makes the kernel remove the interface. A container endpoint that its
+//! runtime moves (Docker) has a persistent one instead ([`Tap::create_persistent`]), which
+//! stays in the container while the agent restarts and is taken over afterwards.
 //!
 //! The device's name follows ZeroTier One's Linux rule ([`interface_name`]), so tools and
 //! scripts written for ZeroTier One find the same `zt...` interface.
@@ -92,9 +94,22 @@ pub struct Tap {
 impl Tap {
     /// Creates (or, if a persistent tap of that name is left over, takes over) the tap `name`
     /// in the calling thread's network namespace, gives it `mac` and `mtu`, and brings it up.
+    /// The device goes away with the descriptor.
     ///
     /// Must be called within a tokio runtime with IO enabled.
     pub fn create(name: &str, mac: [u8; 6], mtu: u32) -> io::Result<Self> {
+        Self::create_with(name, mac, mtu, false)
+    }
+
+    /// As [`Tap::create`], but the device is persistent (`TUNSETPERSIST`): it outlives the
+    /// descriptor, so that an interface a runtime moved into a container stays there when
+    /// the agent exits, to be taken over again ([`Tap::take_over`]). Call
+    /// [`Tap::set_persistent`]`(false)` before dropping it to have it removed.
+    pub fn create_persistent(name: &str, mac: [u8; 6], mtu: u32) -> io::Result<Self> {
+        Self::create_with(name, mac, mtu, true)
+    }
+
+    fn create_with(name: &str, mac: [u8; 6], mtu: u32, persistent: bool) -> io::Result<Self> {
         let name_bytes = checked_interface_name(name)?;
         let device = OpenOptions::new()
             .read(true)
@@ -102,40 +117,50 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|error| annotate(error, "opening /dev/net/tun"))?;
-
-        let mut request = InterfaceRequest::new(name_bytes);
-        // IFF_TAP | IFF_NO_PI fit in the 16-bit flags field (0x0002 | 0x1000).
-        request.set_flags((libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short);
-        // SAFETY: `device` is an open tun descriptor and `request` is a live, fully
-        // initialised buffer at least as large as `struct ifreq`; TUNSETIFF reads the name and
-        // flags and writes the chosen name back into it, nothing else.
-        let result =
-            unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETIFF, request.as_mut_ptr()) };
-        check(result, "TUNSETIFF")?;
+        attach_device(&device, name_bytes)?;
         // A non-persistent device disappears with its last descriptor; clear the flag in case
         // the name belonged to a persistent tap left behind by someone else.
-        // SAFETY: TUNSETPERSIST takes its argument by value (an integer, 0 = off) and touches
-        // no memory of ours.
-        let result =
-            unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETPERSIST, 0 as libc::c_ulong) };
-        check(result, "TUNSETPERSIST")?;
+        set_device_persistent(&device, persistent)?;
 
         let control = Socket::new(Domain::IPV4, Type::DGRAM, None)
             .map_err(|error| annotate(error, "creating the interface control socket"))?;
-        // Writes never wait (a full device drops the frame), so only readability matters.
-        // SAFETY: the `File` owns its descriptor, keeps it open until it is dropped with the
-        // `AsyncFd`, and always reports that same descriptor from `as_raw_fd`.
-        let device = unsafe { AsyncFd::register_with_interest(device, Interest::READABLE) }?;
-        let tap = Self {
-            device,
-            control,
-            name: name.to_owned(),
-            mac,
-        };
+        let tap = Self::register(device, control, name, mac)?;
         tap.set_mac(mac)?;
         tap.set_mtu(mtu)?;
         tap.bring_up()?;
         Ok(tap)
+    }
+
+    /// Takes over the existing persistent tap `name` of the namespace `device` and `control`
+    /// were opened in (`/dev/net/tun` binds a descriptor to the opener's namespace, so a tap
+    /// in a container is reached by opening both from a thread inside it). Nothing about the
+    /// interface is changed: whoever moved it has set its name, addresses and state; `mac`
+    /// is what it is known to have. It stays persistent.
+    ///
+    /// Must be called within a tokio runtime with IO enabled.
+    pub fn take_over(device: File, control: Socket, name: &str, mac: [u8; 6]) -> io::Result<Self> {
+        let name_bytes = checked_interface_name(name)?;
+        attach_device(&device, name_bytes)?;
+        Self::register(device, control, name, mac)
+    }
+
+    /// Sets or clears `TUNSETPERSIST`: a device that is not persistent is removed when its
+    /// descriptor is closed, wherever it is.
+    pub fn set_persistent(&self, persistent: bool) -> io::Result<()> {
+        set_device_persistent(self.device.get_ref(), persistent)
+    }
+
+    fn register(device: File, control: Socket, name: &str, mac: [u8; 6]) -> io::Result<Self> {
+        // Writes never wait (a full device drops the frame), so only readability matters.
+        // SAFETY: the `File` owns its descriptor, keeps it open until it is dropped with the
+        // `AsyncFd`, and always reports that same descriptor from `as_raw_fd`.
+        let device = unsafe { AsyncFd::register_with_interest(device, Interest::READABLE) }?;
+        Ok(Self {
+            device,
+            control,
+            name: name.to_owned(),
+            mac,
+        })
     }
 
     /// The interface name.
@@ -315,6 +340,33 @@ fn check(result: libc::c_int, operation: &str) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// `TUNSETIFF`: binds the tun descriptor `device` to the tap `name` (made if missing) of the
+/// namespace the descriptor was opened in, without a packet-info prefix.
+fn attach_device(device: &File, name: [u8; libc::IFNAMSIZ]) -> io::Result<()> {
+    let mut request = InterfaceRequest::new(name);
+    // IFF_TAP | IFF_NO_PI fit in the 16-bit flags field (0x0002 | 0x1000).
+    request.set_flags((libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short);
+    // SAFETY: `device` is an open tun descriptor and `request` is a live, fully initialised
+    // buffer at least as large as `struct ifreq`; TUNSETIFF reads the name and flags and
+    // writes the chosen name back into it, nothing else.
+    let result = unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETIFF, request.as_mut_ptr()) };
+    check(result, "TUNSETIFF")
+}
+
+/// `TUNSETPERSIST` on a descriptor bound to a tap.
+fn set_device_persistent(device: &File, persistent: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value (an integer, 0 = off) and touches no
+    // memory of ours.
+    let result = unsafe {
+        libc::ioctl(
+            device.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persistent),
+        )
+    };
+    check(result, "TUNSETPERSIST")
 }
 
 /// Keeps the error kind (callers match on it) and says which step failed.

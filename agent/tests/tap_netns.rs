@@ -450,3 +450,51 @@ fn checksum_matches_rfc_1071_example() {
         0x220d
     );
 }
+
+#[test]
+fn a_persistent_tap_outlives_its_descriptor_and_is_taken_over() {
+    in_private_netns(
+        "a_persistent_tap_outlives_its_descriptor_and_is_taken_over",
+        async || {
+            let name = test_interface_name();
+            let exists = |name: &str| {
+                Command::new("ip")
+                    .args(["link", "show", name])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            let tap = Tap::create_persistent(&name, TAP_MAC, 2800).expect("create tap");
+            drop(tap);
+            assert!(
+                exists(&name),
+                "a persistent tap stays without its descriptor"
+            );
+            // Renamed, as a runtime does when it moves it; taken over under the new name
+            // with nothing changed.
+            ip(&["link", "set", &name, "name", "eth7"]);
+            ip(&["addr", "add", "10.213.240.1/24", "dev", "eth7"]);
+            let device = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .expect("open /dev/net/tun");
+            let control = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                .expect("control socket");
+            let tap = Tap::take_over(device, control, "eth7", TAP_MAC).expect("take over");
+            assert_eq!(tap.name(), "eth7");
+            let link = &ip_json(&["addr", "show", "eth7"])[0];
+            assert_eq!(link["mtu"], 2800, "{link}");
+            assert_eq!(link["addr_info"][0]["local"], "10.213.240.1", "{link}");
+            // Made transient again, it goes with its descriptor.
+            tap.set_persistent(false).expect("clear persist");
+            drop(tap);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while exists("eth7") && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(!exists("eth7"), "a transient tap goes with its descriptor");
+        },
+    );
+}

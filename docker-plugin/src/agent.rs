@@ -3,8 +3,9 @@
 //! HTTP/1.1 client over the agent's Unix socket.
 //!
 //! `attach`, `status` and `gc` use the agent's own types. `detach` with `keepIdentity` and
-//! `sandbox` are additions this plugin proposes (`docs/docker-plugin-design.md`, section 3);
-//! their request types live here until the agent has them.
+//! `sandbox` (`docs/docker-plugin-design.md`, section 3) have request types of their own
+//! here, stricter than the agent's (`zt_agent::plugin_api::{DetachRequest, SandboxRequest}`):
+//! this plugin always names the key.
 
 use std::future::Future;
 use std::io;
@@ -39,7 +40,7 @@ pub trait Agent: Send + Sync + 'static {
     fn attach(&self, request: AttachRequest) -> AgentFuture<'_, Endpoint>;
     /// `POST /v1/detach`.
     fn detach(&self, request: DetachRequest) -> AgentFuture<'_, DetachResponse>;
-    /// `POST /v1/sandbox` (proposed, A3).
+    /// `POST /v1/sandbox` (A3).
     fn sandbox(&self, request: SandboxRequest) -> AgentFuture<'_, Endpoint>;
     /// `GET /v1/status`.
     fn status(&self) -> AgentFuture<'_, Status>;
@@ -47,7 +48,7 @@ pub trait Agent: Send + Sync + 'static {
     fn gc(&self, request: GcRequest) -> AgentFuture<'_, GcResponse>;
 }
 
-/// `POST /v1/detach` with the proposed `keepIdentity` (A2). It is sent only when true, so
+/// `POST /v1/detach` with `keepIdentity` (A2). It is sent only when true, so
 /// that an agent without it still takes every other detach.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -73,7 +74,7 @@ impl DetachRequest {
     }
 }
 
-/// `POST /v1/sandbox` (proposed, A3): the namespace the runtime moved the interface into,
+/// `POST /v1/sandbox` (A3): the namespace the runtime moved the interface into,
 /// or `None` when it is back in the agent's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

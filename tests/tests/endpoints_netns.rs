@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use node_core::vl2::NetworkId;
 use serde_json::json;
-use zt_agent::plugin_api::{AttachRequest, Endpoint, EndpointCounters, EndpointRef, ErrorCode};
+use zt_agent::plugin_api::{
+    AttachRequest, DetachRequest, Endpoint, EndpointCounters, EndpointRef, ErrorCode,
+    SandboxRequest,
+};
 use zt_agent::plugin_client::{ClientError, PluginClient};
 use zt_e2e::{
     generate_identity, make_planet, require_privileged, wait_until, Agent, Lan, Netns, TempDir,
@@ -107,6 +110,11 @@ fn ping_count(from: &Netns, target: &str, count: u32) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Lower-case hex of `text`'s bytes (how the agent names endpoint records).
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn counters_of(client: &PluginClient, endpoint: &Endpoint) -> EndpointCounters {
@@ -377,6 +385,111 @@ fn containers_attach_ping_and_survive_a_restart() {
     assert!(c5.ping_until(&ip1), "c5 (moved by hand) cannot ping c1");
     println!(
         "c5 attached without a namespace and moved by hand: {} {ip5}",
+        e5.address
+    );
+
+    // The runtime says where it moved the tap (Docker's Join); the tap is persistent, so it
+    // stays in c5 while the agent is down, and the restarted agent takes it over there (found
+    // by its MAC: the runtime renamed it) and c5 pings again.
+    let c5_sandbox = SandboxRequest {
+        key: docker_style.key.clone(),
+        container_id: docker_style.container_id.clone(),
+        if_name: docker_style.if_name.clone(),
+        sandbox: Some(Path::new("/var/run/netns").join(c5.name())),
+    };
+    let told = host_client.sandbox(&c5_sandbox).expect("sandbox");
+    assert_eq!(told.address, e5.address);
+    let mut wrong = c5_sandbox.clone();
+    wrong.container_id = "another".parse().expect("container id");
+    assert!(
+        matches!(host_client.sandbox(&wrong), Err(ClientError::Api { error, .. }) if error.code == ErrorCode::NotFound),
+        "a sandbox for another container is NotFound"
+    );
+    drop(host);
+    let link = c5.run("ip", ["-o", "link", "show", "eth0"]);
+    assert!(
+        link.status.success(),
+        "the persistent tap stays in c5 while the agent is down"
+    );
+    host = Agent::start_with(
+        lan.host(1),
+        &homes[1],
+        AGENT_PORT,
+        &[
+            "--controller-url",
+            &controller_url,
+            "--controller-token-file",
+            token_file.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(
+        c5.ping_until(&ip1),
+        "c5 cannot ping c1 after its agent restarted"
+    );
+    println!("c5's tap taken over in its sandbox after an agent restart");
+
+    // Docker's Leave: the tap goes back to the agent's namespace under its first name; then a
+    // detach that keeps the identity removes the tap but keeps the member for the key.
+    c5.ip(&["link", "set", "eth0", "down"]);
+    c5.ip(&["link", "set", "eth0", "name", "ztdtest0"]);
+    c5.ip(&["link", "set", "ztdtest0", "netns", lan.host(1).name()]);
+    let mut left = c5_sandbox.clone();
+    left.sandbox = None;
+    host_client.sandbox(&left).expect("sandbox: back");
+    let record = homes[1]
+        .join("endpoints.d")
+        .join(format!("{}.json", hex_of("test/c5")));
+    let keep = DetachRequest {
+        key: Some(docker_style.key.clone()),
+        container_id: Some(docker_style.container_id.clone()),
+        if_name: Some(docker_style.if_name.clone()),
+        network: None,
+        keep_identity: true,
+    };
+    assert!(
+        host_client
+            .detach_with(&keep)
+            .expect("detach keeping")
+            .detached
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            let shown = lan.host(1).run("ip", ["link", "show", "ztdtest0"]);
+            (!shown.status.success()).then_some(())
+        })
+        .is_some(),
+        "the detached endpoint's tap is gone"
+    );
+    assert!(record.is_file(), "the kept identity's record stays");
+    let mut again5 = docker_style.clone();
+    again5.container_id = "c5again".parse().expect("container id");
+    again5.if_name = "ztdtest1".parse().expect("ifname");
+    let e5_again = host_client
+        .attach(&again5)
+        .expect("attach the kept key again");
+    assert_eq!(
+        (e5_again.address, &e5_again.ips),
+        (e5.address, &e5.ips),
+        "the same member and addresses for the kept key"
+    );
+    let mut keep_again = keep.clone();
+    keep_again.container_id = Some(again5.container_id.clone());
+    keep_again.if_name = Some(again5.if_name.clone());
+    assert!(
+        host_client
+            .detach_with(&keep_again)
+            .expect("detach")
+            .detached
+    );
+    // A detach by key alone forgets the kept identity.
+    let forget = DetachRequest {
+        key: Some(docker_style.key.clone()),
+        ..DetachRequest::default()
+    };
+    assert!(!host_client.detach_with(&forget).expect("forget").detached);
+    assert!(!record.exists(), "the forgotten identity's record is gone");
+    println!(
+        "detach with keepIdentity kept {} for its key, then forgot it",
         e5.address
     );
 
