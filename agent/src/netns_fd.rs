@@ -5,8 +5,9 @@
 //! the peer credentials of the plugin socket give its pid, and `/proc/<pid>/fd/<n>` is its
 //! descriptor `n`. [`open_caller_netns`] opens that (with `O_PATH`: no side effect, no
 //! blocking, whatever the descriptor is) and accepts it only when it is a network namespace:
-//! a file of the namespace filesystem (nsfs) whose own link reads `net:[<inode>]`. Both are
-//! checked on the agent's own descriptor, so a caller that swaps its descriptor meanwhile
+//! a file of the namespace filesystem (nsfs), and then (opened for reading, which for an
+//! nsfs file has no side effect either) of type `CLONE_NEWNET` (`ioctl NS_GET_NSTYPE`). Both
+//! are checked on the agent's own descriptor, so a caller that swaps its descriptor meanwhile
 //! changes nothing.
 //!
 //! A descriptor does not survive an agent restart, and the endpoint must be restored into
@@ -52,7 +53,11 @@ pub enum NetnsFdError {
     #[error("the calling process (pid {pid}) has no open file descriptor {fd}")]
     NotOpen { pid: i32, fd: i32 },
     #[error("cannot open file descriptor {fd} of the calling process (pid {pid}): {source}")]
-    Open { pid: i32, fd: i32, source: io::Error },
+    Open {
+        pid: i32,
+        fd: i32,
+        source: io::Error,
+    },
     /// The descriptor is something else than a network namespace.
     #[error("file descriptor {fd} of the calling process is not a network namespace but {what}")]
     NotNetns { fd: i32, what: String },
@@ -102,12 +107,33 @@ pub fn open_caller_netns(pid: Option<i32>, fd: i32) -> Result<OpenNetns, NetnsFd
     let meta = file.metadata().map_err(open)?;
     let own_link = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     let target = std::fs::read_link(&own_link).map_err(open)?;
-    check_netns(meta.dev(), meta.ino(), &target.to_string_lossy(), nsfs_device()?)
-        .map_err(|what| NetnsFdError::NotNetns { fd, what })?;
+    let target = target.to_string_lossy();
+    let not_netns = |what| NetnsFdError::NotNetns { fd, what };
+    check_netns(meta.dev(), nsfs_device()?, None, &target).map_err(not_netns)?;
+    // An nsfs file: reading it is harmless, and its type needs a readable descriptor.
+    let file = File::open(&own_link).map_err(open)?;
+    let namespace_type = namespace_type(&file).map_err(open)?;
+    check_netns(meta.dev(), nsfs_device()?, Some(namespace_type), &target).map_err(not_netns)?;
     Ok(OpenNetns {
         file,
         inode: meta.ino(),
     })
+}
+
+/// `NS_GET_NSTYPE` of `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// The `CLONE_NEW*` type of the namespace `file` is (a file of nsfs).
+#[allow(unsafe_code)]
+fn namespace_type(file: &File) -> io::Result<i32> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only returns a value; the descriptor is
+    // open for the duration of the call (borrowed from `file`).
+    let result = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
 }
 
 /// The device number of nsfs.
@@ -120,17 +146,22 @@ fn nsfs_device() -> Result<u64, NetnsFdError> {
         })
 }
 
-/// Whether a file with device `dev`, inode `inode` and `/proc` link text `target` is a
-/// network namespace; if not, what it is instead.
-fn check_netns(dev: u64, inode: u64, target: &str, nsfs: u64) -> Result<(), String> {
+/// Whether a file on device `dev` whose namespace type is `namespace_type` (when known) is a
+/// network namespace; if not, what it is instead, by its `/proc` link text `target`.
+fn check_netns(
+    dev: u64,
+    nsfs: u64,
+    namespace_type: Option<i32>,
+    target: &str,
+) -> Result<(), String> {
     if dev != nsfs {
         return Err(format!("{target:?}"));
     }
-    if target != format!("net:[{inode}]") {
+    match namespace_type {
+        Some(libc::CLONE_NEWNET) | None => Ok(()),
         // Another kind of namespace: `mnt:[...]`, `pid:[...]`...
-        return Err(format!("namespace {target:?}"));
+        Some(other) => Err(format!("namespace {target:?} (type {other:#x})")),
     }
-    Ok(())
 }
 
 /// The inode a pin's file name stands for (`net-<inode>`).
@@ -200,8 +231,8 @@ impl NetnsPins {
             source,
         };
         let nsfs = nsfs_device()?;
-        let pinned = std::fs::metadata(&path)
-            .is_ok_and(|m| m.dev() == nsfs && m.ino() == netns.inode);
+        let pinned =
+            std::fs::metadata(&path).is_ok_and(|m| m.dev() == nsfs && m.ino() == netns.inode);
         if !pinned {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -298,22 +329,29 @@ mod tests {
 
     #[test]
     fn only_network_namespaces_pass() {
-        let nsfs = 4;
-        assert!(check_netns(4, 4026531840, "net:[4026531840]", nsfs).is_ok());
+        let (nsfs, net) = (4, Some(libc::CLONE_NEWNET));
+        assert!(check_netns(4, nsfs, net, "net:[4026531840]").is_ok());
+        // A bind mount of one (`ip netns add`) links to its path.
+        assert!(check_netns(4, nsfs, net, "/run/netns/c1").is_ok());
         // Another kind of namespace, on nsfs too.
-        let mount_ns = check_netns(4, 4026531841, "mnt:[4026531841]", nsfs).unwrap_err();
-        assert!(mount_ns.contains("mnt:"), "{mount_ns}");
-        // A file that only looks like one.
-        assert!(check_netns(2049, 12, "/tmp/net:[12]", nsfs).is_err());
-        assert!(check_netns(2049, 12, "net:[12]", nsfs).is_err());
-        // The link must name the very inode.
-        assert!(check_netns(4, 4026531840, "net:[4026531999]", nsfs).is_err());
+        let mount_ns = check_netns(4, nsfs, Some(libc::CLONE_NEWNS), "mnt:[4026531841]");
+        assert!(mount_ns.unwrap_err().contains("mnt:"));
+        // Files that only look like one.
+        let file = check_netns(2049, nsfs, None, "/tmp/net:[12]").unwrap_err();
+        assert!(file.contains("/tmp/net:[12]"), "{file}");
+        assert!(check_netns(2049, nsfs, net, "net:[12]").is_err());
     }
 
     #[test]
     fn pin_names_carry_an_inode() {
         assert_eq!(pin_inode("net-4026532000"), Some(4026532000));
-        for name in ["net-", "net-12a", "net--1", "mnt-12", "net-99999999999999999999999"] {
+        for name in [
+            "net-",
+            "net-12a",
+            "net--1",
+            "mnt-12",
+            "net-99999999999999999999999",
+        ] {
             assert_eq!(pin_inode(name), None, "{name}");
         }
     }
@@ -350,5 +388,9 @@ mod tests {
         let user_ns = File::open("/proc/self/ns/user").unwrap();
         let error = open_caller_netns(pid, user_ns.as_raw_fd()).unwrap_err();
         assert!(error.to_string().contains("user:["), "{error}");
+        // Nor does a socket (its link reads `socket:[...]`) or a pipe.
+        let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let error = open_caller_netns(pid, socket.as_raw_fd()).unwrap_err();
+        assert!(error.to_string().contains("socket:["), "{error}");
     }
 }

@@ -1359,7 +1359,11 @@ struct Shared {
 
 type HttpResponse = Response<Full<Bytes>>;
 
-async fn handle(shared: &Shared, request: Request<Incoming>, peer_pid: Option<i32>) -> HttpResponse {
+async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    peer_pid: Option<i32>,
+) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),

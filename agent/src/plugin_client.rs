@@ -222,12 +222,15 @@ impl AsyncPluginClient {
             .collect()
             .await
             .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     unexpected(format!("answer over {MAX_RESPONSE} bytes"))
                 } else {
                     ClientError::Io {
                         operation: operation.to_string(),
-                        source: io_error_in(&*e).unwrap_or_else(|| io::Error::other(chain_text(&*e))),
+                        source: io_error_in(&*e)
+                            .unwrap_or_else(|| io::Error::other(chain_text(&*e))),
                     }
                 }
             })?
@@ -254,12 +257,12 @@ impl AsyncPluginClient {
         if error.is_connect() {
             return ClientError::Connect {
                 socket: self.socket.clone(),
-                source: io_error_in(&error)
-                    .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no connection")),
+                source: io_error_in(&error).unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotConnected, "no connection")
+                }),
             };
         }
-        let source =
-            io_error_in(&error).unwrap_or_else(|| io::Error::other(chain_text(&error)));
+        let source = io_error_in(&error).unwrap_or_else(|| io::Error::other(chain_text(&error)));
         ClientError::Io {
             operation: operation.to_string(),
             source,
