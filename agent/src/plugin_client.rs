@@ -37,6 +37,8 @@ use crate::plugin_api::{
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer read (the endpoint list of a busy host fits many times).
 pub const MAX_RESPONSE: usize = 16 << 20;
+/// Pause before connecting again to an agent whose queue of connections is full.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
 
 /// What can go wrong talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +177,20 @@ impl AsyncPluginClient {
         body: Option<&B>,
         limit: Duration,
     ) -> Result<T, ClientError> {
-        let exchange = self.exchange(method, operation, body);
+        let exchange = async {
+            loop {
+                match self.exchange(method.clone(), operation, body).await {
+                    // The agent's queue of connections is full: it is there, only busy (a
+                    // blocking connect would wait too). Nothing was sent: try again.
+                    Err(ClientError::Connect { source, .. })
+                        if source.kind() == io::ErrorKind::WouldBlock =>
+                    {
+                        tokio::time::sleep(CONNECT_RETRY).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
         match tokio::time::timeout(limit, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
