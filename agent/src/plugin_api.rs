@@ -19,13 +19,15 @@
 //! Division of work: this module parses and validates requests (shapes, network IDs,
 //! interface names, keys, ranges), serializes operations per endpoint key and per
 //! (container, interface) (see [`KeyLocks`]), bounds how long an attach may take, and turns a
-//! `check` of an endpoint that is not ready into the error that says why. The manager does
-//! everything that needs the node or the OS, including opening the namespace: a namespace
-//! that does not exist is the manager's [`ErrorCode::NetnsNotFound`], because only the thread
-//! that enters it can tell (and a detach must succeed without it).
+//! `check` of an endpoint that is not ready into the error that says why. It also resolves
+//! an attach's `netnsFd` (a descriptor of the peer, found through its pid) and pins that
+//! namespace at a path ([`crate::netns_fd`]), so the manager only ever sees paths. The
+//! manager does everything else that needs the node or the OS, including opening the
+//! namespace: a namespace that does not exist is the manager's [`ErrorCode::NetnsNotFound`],
+//! because only the thread that enters it can tell (and a detach must succeed without it).
 //!
 //! The types and [`ApiError`] depend on serde and node-core only, so that plugins can share
-//! them with the blocking client.
+//! them with the client ([`crate::plugin_client`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
