@@ -26,6 +26,8 @@ elapsed() {
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+# nsenter: an e2e agent that keeps its mounts (tests/tests/netns_fd.rs).
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 # kill(1) itself, not the shell's builtin: the test harness runs it.
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -152,7 +152,14 @@ impl Agent {
             let (plugin_tx, plugin_rx) = mpsc::channel(API_QUEUE);
             let (endpoint_tx, endpoint_rx) = mpsc::channel(ports::FRAME_QUEUE);
             let manager = Arc::new(DriverEndpointManager::new(plugin_tx.clone()));
-            let server = plugin_api::spawn(socket, manager)
+            // Namespaces given by descriptor are pinned in the home folder and kept while an
+            // endpoint record names them.
+            let records = EndpointStore::new(&options.home);
+            let server_options = plugin_api::ServerOptions {
+                netns_pins: options.home.join("netns"),
+                pins_in_use: Some(Arc::new(move || records.netns_paths())),
+            };
+            let server = plugin_api::spawn_with(socket, manager, server_options)
                 .await
                 .with_context(|| format!("cannot serve the plugin API on {}", socket.display()))?;
             tracing::info!("plugin API on {}", socket.display());

@@ -140,6 +140,17 @@ impl EndpointStore {
         out
     }
 
+    /// The namespace paths the records' attach requests name.
+    pub fn netns_paths(&self) -> Vec<PathBuf> {
+        self.load_all()
+            .into_iter()
+            .filter_map(|record| {
+                let netns = record.attach?.get("netns")?.as_str()?.to_string();
+                Some(PathBuf::from(netns))
+            })
+            .collect()
+    }
+
     /// Forgets an endpoint; forgetting an unknown one is not an error.
     pub fn remove(&self, key: &str) -> Result<bool, EndpointStoreError> {
         let path = self.path_of(key)?;

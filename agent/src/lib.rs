@@ -19,7 +19,8 @@
 //! - [`authorize`]: authorizing the agent's own endpoints on a private network's controller,
 //!   given its credentials (a ZeroTier One-style controller API or ZeroTier Central's).
 //! - [`plugin_api`]: the Unix-socket JSON API the CNI plugin and Docker driver call;
-//!   [`plugin_client`]: its blocking client.
+//!   [`plugin_client`]: its client (async, and blocking); [`netns_fd`]: namespaces given to
+//!   it as a descriptor of the caller, pinned with bind mounts.
 //! - [`client`], [`cli`]: the command-line tools (idtool, mkworld, info, listpeers, echo,
 //!   join, leave, listnetworks, api).
 
@@ -36,6 +37,7 @@ pub mod home;
 pub mod identity_pool;
 pub mod metrics;
 pub mod netconf;
+pub mod netns_fd;
 pub mod networks;
 pub mod plugin_api;
 pub mod plugin_client;

@@ -19,13 +19,15 @@
 //! Division of work: this module parses and validates requests (shapes, network IDs,
 //! interface names, keys, ranges), serializes operations per endpoint key and per
 //! (container, interface) (see [`KeyLocks`]), bounds how long an attach may take, and turns a
-//! `check` of an endpoint that is not ready into the error that says why. The manager does
-//! everything that needs the node or the OS, including opening the namespace: a namespace
-//! that does not exist is the manager's [`ErrorCode::NetnsNotFound`], because only the thread
-//! that enters it can tell (and a detach must succeed without it).
+//! `check` of an endpoint that is not ready into the error that says why. It also resolves
+//! an attach's `netnsFd` (a descriptor of the peer, found through its pid) and pins that
+//! namespace at a path ([`crate::netns_fd`]), so the manager only ever sees paths. The
+//! manager does everything else that needs the node or the OS, including opening the
+//! namespace: a namespace that does not exist is the manager's [`ErrorCode::NetnsNotFound`],
+//! because only the thread that enters it can tell (and a detach must succeed without it).
 //!
 //! The types and [`ApiError`] depend on serde and node-core only, so that plugins can share
-//! them with the blocking client.
+//! them with the client ([`crate::plugin_client`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -53,6 +55,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
+
+use crate::netns_fd::{open_caller_netns, NetnsFdError, NetnsPins};
 
 /// Where `zt-agent run` listens unless told `--socket PATH`.
 pub const DEFAULT_SOCKET: &str = "/run/zt-agent/agent.sock";
@@ -430,6 +434,12 @@ pub struct AttachRequest {
     /// (Docker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// The container's network namespace as a file descriptor number of the calling process
+    /// (the peer of the socket), instead of `netns`. The agent opens it through
+    /// `/proc/<caller pid>/fd/<n>` during the request, pins the namespace with a bind mount
+    /// (see [`crate::netns_fd`]) and answers with the pin's path as the endpoint's `netns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_fd: Option<i32>,
     pub if_name: InterfaceName,
     /// Defaults to the network's MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -470,6 +480,7 @@ impl AttachRequest {
             owner: None,
             container_id,
             netns,
+            netns_fd: None,
             if_name,
             mtu: None,
             default_route: false,
@@ -501,6 +512,18 @@ impl AttachRequest {
                 return Err(ApiError::invalid(format!(
                     "wait {wait} s is longer than the limit of {} s",
                     MAX_ATTACH_WAIT.as_secs()
+                )));
+            }
+        }
+        if let Some(fd) = self.netns_fd {
+            if self.netns.is_some() {
+                return Err(ApiError::invalid(
+                    "give the namespace as netns (a path) or as netnsFd (a descriptor), not both",
+                ));
+            }
+            if fd < 0 {
+                return Err(ApiError::invalid(format!(
+                    "netnsFd {fd} is not a file descriptor number"
                 )));
             }
         }
@@ -1271,10 +1294,44 @@ impl Drop for PluginApiServer {
     }
 }
 
-/// Binds `path` (see [`bind_socket`]) and serves the API there on a task of its own.
+/// Lists the namespace paths that endpoint records name (pins among them are kept).
+pub type PinsInUse = Arc<dyn Fn() -> Vec<PathBuf> + Send + Sync>;
+
+/// How the server pins namespaces given by descriptor (`netnsFd`).
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// The folder of the pins ([`NetnsPins`]).
+    pub netns_pins: PathBuf,
+    /// What keeps a pin: the agent's endpoint records. Without it, the manager's endpoint
+    /// list.
+    pub pins_in_use: Option<PinsInUse>,
+}
+
+impl ServerOptions {
+    /// Pins in `netns/` next to the socket, kept while the manager lists them.
+    pub fn beside(socket: &Path) -> Self {
+        let parent = socket.parent().unwrap_or(Path::new("."));
+        Self {
+            netns_pins: parent.join("netns"),
+            pins_in_use: None,
+        }
+    }
+}
+
+/// Binds `path` (see [`bind_socket`]) and serves the API there on a task of its own, with
+/// namespace pins beside the socket ([`ServerOptions::beside`]).
 pub async fn spawn(path: &Path, manager: Arc<dyn EndpointManager>) -> io::Result<PluginApiServer> {
+    spawn_with(path, manager, ServerOptions::beside(path)).await
+}
+
+/// [`spawn`] with options.
+pub async fn spawn_with(
+    path: &Path,
+    manager: Arc<dyn EndpointManager>,
+    options: ServerOptions,
+) -> io::Result<PluginApiServer> {
     let (listener, owner_uid) = bind_socket(path, 0o700)?;
-    let task = tokio::spawn(serve(listener, owner_uid, manager));
+    let task = tokio::spawn(serve(listener, owner_uid, manager, options));
     Ok(PluginApiServer {
         path: path.to_path_buf(),
         task,
@@ -1353,10 +1410,18 @@ impl SocketLike for std::fs::FileType {
 
 /// Accepts connections until the task is dropped. Peers other than root and `owner_uid` are
 /// refused (the socket's mode already keeps them out; this holds if the mode is loosened).
-pub async fn serve(listener: UnixListener, owner_uid: u32, manager: Arc<dyn EndpointManager>) {
+/// The peer's pid is kept for the connection: an attach's `netnsFd` is its descriptor.
+pub async fn serve(
+    listener: UnixListener,
+    owner_uid: u32,
+    manager: Arc<dyn EndpointManager>,
+    options: ServerOptions,
+) {
     let shared = Arc::new(Shared {
         manager,
         locks: KeyLocks::default(),
+        pins: NetnsPins::open(options.netns_pins),
+        pins_in_use: options.pins_in_use,
     });
     loop {
         let stream = match listener.accept().await {
@@ -1368,8 +1433,8 @@ pub async fn serve(listener: UnixListener, owner_uid: u32, manager: Arc<dyn Endp
                 continue;
             }
         };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == 0 || cred.uid() == owner_uid => {}
+        let peer_pid = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 || cred.uid() == owner_uid => cred.pid(),
             Ok(cred) => {
                 tracing::warn!(uid = cred.uid(), "plugin API: refused a connection");
                 continue;
@@ -1378,12 +1443,12 @@ pub async fn serve(listener: UnixListener, owner_uid: u32, manager: Arc<dyn Endp
                 tracing::warn!("plugin API: no peer credentials: {e}");
                 continue;
             }
-        }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+                async move { Ok::<_, Infallible>(handle(&shared, request, peer_pid).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -1398,11 +1463,17 @@ pub async fn serve(listener: UnixListener, owner_uid: u32, manager: Arc<dyn Endp
 struct Shared {
     manager: Arc<dyn EndpointManager>,
     locks: KeyLocks,
+    pins: NetnsPins,
+    pins_in_use: Option<PinsInUse>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
 
-async fn handle(shared: &Shared, request: Request<Incoming>) -> HttpResponse {
+async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    peer_pid: Option<i32>,
+) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -1429,7 +1500,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> HttpResponse {
         return unsupported(&parts.method, path, Some(&expected));
     }
     let result = match operation {
-        "attach" => attach(shared, &body).await,
+        "attach" => attach(shared, &body, peer_pid).await,
         "detach" => detach(shared, &body).await,
         "check" => check(shared, &body).await,
         "gc" => gc(shared, &body).await,
@@ -1446,18 +1517,38 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> HttpResponse {
     }
 }
 
-async fn attach(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let request: AttachRequest = parse_body(body)?;
+async fn attach(shared: &Shared, body: &[u8], peer_pid: Option<i32>) -> Result<Vec<u8>, ApiError> {
+    let mut request: AttachRequest = parse_body(body)?;
     request.validate()?;
+    // A descriptor is opened and checked before anything changes.
+    let caller_netns = request
+        .netns_fd
+        .map(|fd| open_caller_netns(peer_pid, fd))
+        .transpose()
+        .map_err(netns_fd_error)?;
     let _guards = lock_endpoint(
         &shared.locks,
         Some(&request.key),
         Some((&request.container_id, &request.if_name)),
     )
     .await;
+    let pin = match &caller_netns {
+        Some(netns) => {
+            let path = shared.pins.pin(netns).await.map_err(netns_fd_error)?;
+            request.netns = Some(path.clone());
+            request.netns_fd = None;
+            Some(path)
+        }
+        None => None,
+    };
     let limit = request.wait_duration() + ATTACH_GRACE;
-    let endpoint = bounded(limit, shared.manager.attach(request)).await?;
-    Ok(to_json(&endpoint))
+    let result = bounded(limit, shared.manager.attach(request)).await;
+    if let Some(pin) = &pin {
+        shared.pins.release(pin).await;
+    }
+    // A pin nothing uses (a failed attach, a replaced endpoint's) goes now.
+    sweep_pins(shared).await;
+    Ok(to_json(&result?))
 }
 
 async fn detach(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
@@ -1465,8 +1556,32 @@ async fn detach(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let target = request.target();
     target.validate()?;
     let _guards = lock_endpoint(&shared.locks, target.key.as_ref(), attachment_of(&target)).await;
-    let answer = bounded(OPERATION_TIMEOUT, shared.manager.detach_with(request)).await?;
-    Ok(to_json(&answer))
+    let answer = bounded(OPERATION_TIMEOUT, shared.manager.detach_with(request)).await;
+    sweep_pins(shared).await;
+    Ok(to_json(&answer?))
+}
+
+/// Unpins the namespaces no endpoint record (or, without records, no listed endpoint)
+/// names any more.
+async fn sweep_pins(shared: &Shared) {
+    let in_use = async {
+        match &shared.pins_in_use {
+            Some(in_use) => Some(in_use()),
+            None => bounded(OPERATION_TIMEOUT, shared.manager.endpoints())
+                .await
+                .ok()
+                .map(|list| list.into_iter().filter_map(|e| e.netns).collect()),
+        }
+    };
+    shared.pins.sweep(in_use).await;
+}
+
+fn netns_fd_error(error: NetnsFdError) -> ApiError {
+    if error.is_callers() {
+        ApiError::invalid(error.to_string())
+    } else {
+        ApiError::internal(error.to_string())
+    }
 }
 
 async fn sandbox(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
@@ -1494,8 +1609,9 @@ async fn check(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
 async fn gc(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let request: GcRequest = parse_body(body)?;
     request.validate()?;
-    let answer = bounded(OPERATION_TIMEOUT, shared.manager.gc(request)).await?;
-    Ok(to_json(&answer))
+    let answer = bounded(OPERATION_TIMEOUT, shared.manager.gc(request)).await;
+    sweep_pins(shared).await;
+    Ok(to_json(&answer?))
 }
 
 fn attachment_of(request: &EndpointRef) -> Option<(&ContainerId, &InterfaceName)> {
@@ -1700,6 +1816,28 @@ mod tests {
             relative.validate().unwrap_err().code,
             ErrorCode::InvalidRequest
         );
+        let by_fd: AttachRequest = serde_json::from_value(json!({
+            "network": "8056c2e21c000001", "key": "k", "containerId": "c", "ifName": "eth0",
+            "netnsFd": 7
+        }))
+        .unwrap();
+        by_fd.validate().unwrap();
+        assert_eq!((by_fd.netns_fd, &by_fd.netns), (Some(7), &None));
+        assert_eq!(serde_json::to_value(&by_fd).unwrap()["netnsFd"], 7);
+        let mut both = by_fd.clone();
+        both.netns = Some("/var/run/netns/x".into());
+        let error = both.validate().unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert!(error.message.contains("not both"), "{error}");
+        let mut negative = by_fd;
+        negative.netns_fd = Some(-1);
+        assert!(negative.validate().is_err());
+        assert!(serde_json::from_value::<AttachRequest>(json!({
+            "network": "8056c2e21c000001", "key": "k", "containerId": "c", "ifName": "eth0",
+            "netnsFd": "7"
+        }))
+        .is_err());
+
         let mut small = request.clone();
         small.mtu = Some(500);
         assert!(small.validate().is_err());

@@ -265,6 +265,19 @@ impl Netns {
         command
     }
 
+    /// A command that runs `program` inside this namespace but in this process's mount
+    /// namespace (`nsenter --net`), unlike [`Netns::command`], whose `ip netns exec` gives
+    /// it a private one: mounts it makes stay after it exits.
+    pub fn command_keeping_mounts(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program)
+            .stdin(Stdio::null());
+        command
+    }
+
     /// Runs `program args` inside this namespace to completion, whatever its exit status.
     pub fn run<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Output
     where
@@ -508,6 +521,29 @@ impl<'ns> Agent<'ns> {
 
     /// [`Agent::start`] with more arguments for `zt-agent run`.
     pub fn start_with(netns: &'ns Netns, home: &Path, port: u16, extra: &[&str]) -> Agent<'ns> {
+        Self::launch(netns, netns.command(agent_binary()), home, port, extra)
+    }
+
+    /// [`Agent::start_with`] in this process's mount namespace
+    /// ([`Netns::command_keeping_mounts`]), so that the bind mounts the agent makes (its
+    /// namespace pins) outlive it, as they do for an agent in the host's mount namespace.
+    pub fn start_keeping_mounts(
+        netns: &'ns Netns,
+        home: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Agent<'ns> {
+        let command = netns.command_keeping_mounts(agent_binary());
+        Self::launch(netns, command, home, port, extra)
+    }
+
+    fn launch(
+        netns: &'ns Netns,
+        mut command: Command,
+        home: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Agent<'ns> {
         assert!(
             home.join("planet").is_file(),
             "refusing to start zt-agent without a test-made planet in {}",
@@ -519,7 +555,6 @@ impl<'ns> Agent<'ns> {
         let log_for_stdout = log
             .try_clone()
             .unwrap_or_else(|error| panic!("cannot clone the log handle: {error}"));
-        let mut command = netns.command(agent_binary());
         command
             .arg("run")
             .arg("--home")
