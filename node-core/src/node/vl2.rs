@@ -26,7 +26,7 @@ use crate::vl2::filter::{
 };
 use crate::vl2::network::{RFC4193_PREFIX_BITS, SIXPLANE_PREFIX_BITS};
 use crate::vl2::verbs::{
-    ConfigChunkRepr, ExtFrameRepr, FrameRepr, MulticastFrameRepr, MulticastGatherRepr,
+    ConfigChunkRepr, ExtFrameRepr, FrameView, MulticastFrameRepr, MulticastGatherRepr,
     MulticastLikeRepr, NetworkConfigAckRepr, NetworkConfigRequestRepr, NetworkCredentialsRepr,
     OkMulticastFrameRepr, OkMulticastGatherRepr, Vl2ErrorPayload,
 };
@@ -420,14 +420,18 @@ fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// A raw Ethernet frame for the tap.
-fn ethernet_frame(dest: Mac, source: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(ETHERNET_HEADER_LEN + payload.len());
+/// Appends a raw Ethernet frame for the tap to `frame`.
+fn emit_ethernet_frame(
+    frame: &mut Vec<u8>,
+    dest: Mac,
+    source: Mac,
+    ethertype: u16,
+    payload: &[u8],
+) {
     frame.extend_from_slice(&dest.0);
     frame.extend_from_slice(&source.0);
     frame.extend_from_slice(&ethertype.to_be_bytes());
     frame.extend_from_slice(payload);
-    frame
 }
 
 impl Node {
@@ -685,24 +689,43 @@ impl Node {
             }
             self.push_credentials_if_needed(now, network_id, peer, false);
             if self.local_peers.contains(&peer) {
+                let mut switched = self.take_buffer();
+                switched.extend_from_slice(payload);
                 self.events.push_back(Event::SwitchedFrame {
                     network_id,
                     to: peer,
                     ethertype,
-                    payload: payload.to_vec(),
+                    payload: switched,
                 });
                 return;
             }
-            let mut out = Vec::with_capacity(10 + payload.len());
-            FrameRepr {
+            let frame = FrameView {
                 network_id,
                 ethertype,
-                payload: payload.to_vec(),
-            }
-            .emit(&mut out);
-            self.send(now, peer, Verb::Frame, out, Route::Best);
+                payload,
+            };
+            self.send_frame(now, peer, &frame);
         }
         // Other unicast destinations would be bridged hosts; we bridge nothing.
+    }
+
+    /// Sends a FRAME to `peer`. When it can go now, it is written straight into a pooled
+    /// buffer and armored there; otherwise it waits in the send queue like any packet.
+    fn send_frame(&mut self, now: Timestamp, peer: Address, frame: &FrameView<'_>) {
+        let target = match self.resolve_route(now, peer, Route::Best) {
+            Ok(target) => target,
+            Err(unroutable) => {
+                let mut payload = Vec::with_capacity(10 + frame.payload.len());
+                frame.emit(&mut payload);
+                self.hold_unroutable(now, peer, Verb::Frame, payload, false, unroutable);
+                return;
+            }
+        };
+        let mut buf = self.take_buffer();
+        let id = self.random_packet_id();
+        crate::wire::packet::emit_header(&mut buf, id, peer, self.address, Verb::Frame);
+        frame.emit(&mut buf);
+        self.send_built(now, peer, Verb::Frame, buf, Route::Best, target, false);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1524,7 +1547,7 @@ impl Node {
         payload: &[u8],
         packet: &[u8],
     ) {
-        let Ok(frame) = FrameRepr::parse(payload) else {
+        let Ok(frame) = FrameView::parse(payload) else {
             return;
         };
         let network_id = frame.network_id;
@@ -1556,7 +1579,7 @@ impl Node {
             source_mac,
             our_mac,
             frame.ethertype,
-            &frame.payload,
+            frame.payload,
         );
         if decision.deliver {
             self.deliver(
@@ -1564,7 +1587,7 @@ impl Node {
                 our_mac,
                 source_mac,
                 frame.ethertype,
-                &frame.payload,
+                frame.payload,
             );
         }
     }
@@ -1765,10 +1788,9 @@ impl Node {
         ethertype: u16,
         payload: &[u8],
     ) {
-        self.events.push_back(Event::Frame {
-            network_id,
-            frame: ethernet_frame(dest, source, ethertype, payload),
-        });
+        let mut frame = self.take_buffer();
+        emit_ethernet_frame(&mut frame, dest, source, ethertype, payload);
+        self.events.push_back(Event::Frame { network_id, frame });
     }
 
     /// IPv6 NDP emulation (config flag 0x04): a Neighbor Solicitation for an RFC4193 or
