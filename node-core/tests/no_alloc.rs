@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use node_core::node::{ConfigAnswer, Event, Node};
 use node_core::sim::{generate_identities, HostId, LinkConfig, Sim};
-use node_core::vl2::config::NetworkConfig;
-use node_core::vl2::{CertificateOfMembership, Mac, NetworkId, Rule, RuleKind};
+use node_core::vl2::config::{NetworkConfig, FLAG_ENABLE_IPV6_NDP_EMULATION};
+use node_core::vl2::network::rfc4193_address;
+use node_core::vl2::{CertificateOfMembership, Mac, NetworkId, Rule, RuleKind, Tag};
 use node_core::wire::inet::InetAddress;
 use node_core::{Address, Identity, Millis, Timestamp};
 
@@ -96,10 +97,27 @@ fn config_for(
     config.credential_time_max_delta = 1_800_000;
     config.multicast_limit = 32;
     config.name = "no-alloc".into();
+    // NDP emulation and a tag, so that the rules engine has ownership and tags to consider.
+    config.flags = FLAG_ENABLE_IPV6_NDP_EMULATION;
     let mut com = CertificateOfMembership::new(now.as_millis() as u64, 1_800_000, nwid, member);
     com.sign(controller).expect("controller has its secret");
     config.com = Some(com);
-    config.static_ips = vec![InetAddress::Ip(SocketAddr::new(IpAddr::V4(ip), 24))];
+    let mut tag = Tag::new(
+        nwid,
+        now.as_millis(),
+        member.address(),
+        7,
+        u32::from(ip.octets()[3]),
+    );
+    tag.sign(controller).expect("controller has its secret");
+    config.tags = vec![tag];
+    config.static_ips = vec![
+        InetAddress::Ip(SocketAddr::new(IpAddr::V4(ip), 24)),
+        InetAddress::Ip(SocketAddr::new(
+            IpAddr::V6(rfc4193_address(nwid, member.address())),
+            88,
+        )),
+    ];
     config.rules = vec![Rule {
         not: false,
         or: false,

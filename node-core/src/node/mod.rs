@@ -369,6 +369,11 @@ pub struct Node {
     events: VecDeque<Event>,
     /// Empty buffers for packets and frames, refilled by [`Node::recycle`].
     free_buffers: Vec<Vec<u8>>,
+    /// The rules engine's tag lists (ours, the other side's), kept between frames.
+    filter_tags: (
+        Vec<crate::vl2::filter::TagValue>,
+        Vec<crate::vl2::filter::TagValue>,
+    ),
 }
 
 /// What stops a packet from being sent now.
@@ -434,6 +439,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             free_buffers: Vec::new(),
+            filter_tags: Default::default(),
             identity: config.identity,
         };
         node.recompute_upstreams(now);
