@@ -807,8 +807,11 @@ impl Node {
                 self.relay(now, from, data, None);
                 return;
             }
-            if let Some(whole) = self.reassembler.handle_fragment(now, data) {
+            let mut whole = self.take_buffer();
+            if self.reassembler.handle_fragment_into(now, data, &mut whole) {
                 self.handle_packet(now, from, whole);
+            } else {
+                self.recycle(whole);
             }
             return;
         }
@@ -825,8 +828,11 @@ impl Node {
             return;
         }
         if view.is_fragmented() {
-            if let Some(whole) = self.reassembler.handle_head(now, data) {
+            let mut whole = self.take_buffer();
+            if self.reassembler.handle_head_into(now, data, &mut whole) {
                 self.handle_packet(now, from, whole);
+            } else {
+                self.recycle(whole);
             }
             return;
         }
