@@ -857,6 +857,9 @@ impl Node {
         }
         if !self.peers.contains_key(&source) {
             if self.parked_rx.len() < MAX_PARKED_RX {
+                // Parked at its own size, not in a pool-sized buffer: strangers could
+                // otherwise make us hold MAX_PARKED_RX full buffers.
+                packet.shrink_to_fit();
                 self.parked_rx.push(ParkedRx {
                     from,
                     source,
@@ -865,6 +868,7 @@ impl Node {
                 });
             } else {
                 self.metrics.record_dropped(DropReason::UnknownPeer);
+                self.recycle(packet);
             }
             if self
                 .whois_sent
