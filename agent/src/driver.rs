@@ -38,12 +38,12 @@ use crate::plugin_api::{
 };
 use crate::plumbing::{NetnsRef, NetnsWorker};
 use crate::ports::{Ports, TapFrame};
-use crate::transport::Transport;
-use node_core::node::NodeConfig;
+use crate::transport::{RecvBatch, Transport};
+use node_core::node::{NodeConfig, Transmit};
 use node_core::Identity;
 
-/// Large enough for any UDP datagram.
-const RECEIVE_BUFFER: usize = 65_536;
+/// Tap frames handled in one turn of the loop before the datagrams they made are sent.
+const FRAME_BATCH: usize = 64;
 /// Outstanding `POST /echo` requests kept at once; more are refused at once.
 const MAX_PENDING_ECHOES: usize = 1024;
 /// How often the taps' multicast groups are read from the OS.
@@ -75,7 +75,7 @@ pub trait EndpointPort: Send {
 }
 
 /// A frame from an endpoint's interface, tagged with the endpoint's node address.
-pub type EndpointFrame = (Address, Vec<u8>);
+pub type EndpointFrame = (Address, crate::ports::FrameBuf);
 
 /// A container endpoint: a ZeroTier member of its own on one network, hosted on the agent's
 /// UDP port next to the host's node.
@@ -164,6 +164,10 @@ pub struct Driver<T: Transport> {
     plugin: Option<PluginState>,
     /// Frames between hosted nodes, switched at the end of the turn.
     switched: Vec<SwitchedFrame>,
+    /// A turn's datagrams, sent together, and the node each came from (its buffer goes
+    /// back to that node's pool once sent). Both keep their capacity from turn to turn.
+    outgoing: Vec<Transmit>,
+    outgoing_from: Vec<Address>,
 }
 
 /// What serving the plugin API takes.
@@ -270,6 +274,8 @@ impl<T: Transport> Driver<T> {
             endpoint_frames: None,
             plugin: None,
             switched: Vec::new(),
+            outgoing: Vec::new(),
+            outgoing_from: Vec::new(),
         }
     }
 
@@ -317,7 +323,10 @@ impl<T: Transport> Driver<T> {
     /// Hands switched frames to their destination nodes, counting them at both ends.
     fn switch_frames(&mut self) {
         let now = wall_clock();
-        for frame in std::mem::take(&mut self.switched) {
+        // Taken and put back, so the list keeps its capacity (receivers queue events, never
+        // switched frames, while this runs).
+        let mut switched = std::mem::take(&mut self.switched);
+        for frame in switched.drain(..) {
             let bytes = frame.payload.len() as u64 + 14;
             let delivered = if frame.to == self.node.address() {
                 self.node.handle_switched_frame(
@@ -350,6 +359,18 @@ impl<T: Transport> Driver<T> {
             if !delivered {
                 tracing::trace!(from = %frame.from, to = %frame.to, "switched frame dropped");
             }
+            // The payload buffer came from the sender's pool: back it goes.
+            self.recycle(frame.from, frame.payload);
+        }
+        self.switched = switched;
+    }
+
+    /// Gives a buffer back to the pool of the hosted node `owner` (if still hosted).
+    fn recycle(&mut self, owner: Address, buffer: Vec<u8>) {
+        if owner == self.node.address() {
+            self.node.recycle(buffer);
+        } else if let Some(endpoint) = self.endpoints.get_mut(&owner) {
+            endpoint.node.recycle(buffer);
         }
     }
 
@@ -997,7 +1018,7 @@ impl<T: Transport> Driver<T> {
     /// Runs until `shutdown` completes (Ok) or the node reports a fatal condition (Err).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
         tokio::pin!(shutdown);
-        let mut buf = vec![0u8; RECEIVE_BUFFER];
+        let mut datagrams = RecvBatch::new();
         self.restore_networks();
         let mut tap_frames = self.tap_frames.take();
         let mut endpoint_frames = self.endpoint_frames.take();
@@ -1015,20 +1036,44 @@ impl<T: Transport> Driver<T> {
             let wake = instant_of(deadline, wall_clock());
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                received = self.transport.recv(&mut buf) => match received {
-                    Ok((len, from)) => self.handle_datagram(from, &buf[..len]),
+                received = self.transport.recv_batch(&mut datagrams) => match received {
+                    Ok(()) => {
+                        for (from, data) in datagrams.iter() {
+                            // Slots of datagrams that could not be used are empty.
+                            if !data.is_empty() {
+                                self.handle_datagram(from, data);
+                            }
+                        }
+                    }
                     Err(e) => tracing::debug!("UDP receive failed: {e}"),
                 },
                 Some(request) = self.requests.recv() => self.handle_request(request),
-                Some((network_id, frame)) = recv_frame(&mut tap_frames) => {
-                    self.node.handle_tap_frame(wall_clock(), network_id, &frame);
+                Some(first) = recv_frame(&mut tap_frames) => {
+                    // This frame and whatever else the taps queued, up to a batch: one
+                    // flush (and one sendmmsg) for all of them. Each buffer goes back to
+                    // its reader's pool when dropped here.
+                    let now = wall_clock();
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some((network_id, frame)) = next {
+                        self.node.handle_tap_frame(now, network_id, &frame);
+                        taken += 1;
+                        next = try_recv_frame(&mut tap_frames, taken);
+                    }
                 }
-                Some((address, frame)) = recv_frame(&mut endpoint_frames) => {
-                    if let Some(endpoint) = self.endpoints.get_mut(&address) {
-                        let network = endpoint.network;
-                        endpoint.counters.rx_packets += 1;
-                        endpoint.counters.rx_bytes += frame.len() as u64;
-                        endpoint.node.handle_tap_frame(wall_clock(), network, &frame);
+                Some(first) = recv_frame(&mut endpoint_frames) => {
+                    let now = wall_clock();
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some((address, frame)) = next {
+                        if let Some(endpoint) = self.endpoints.get_mut(&address) {
+                            let network = endpoint.network;
+                            endpoint.counters.rx_packets += 1;
+                            endpoint.counters.rx_bytes += frame.len() as u64;
+                            endpoint.node.handle_tap_frame(now, network, &frame);
+                        }
+                        taken += 1;
+                        next = try_recv_frame(&mut endpoint_frames, taken);
                     }
                 }
                 Some(request) = recv_frame(&mut plugin_requests) => self.handle_plugin(request),
@@ -1048,32 +1093,19 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Sends what the node queued and acts on its events.
+    /// Sends what the nodes queued and acts on their events.
     async fn flush(&mut self) -> Result<(), DriverError> {
         // Switched frames make more work for their receivers (a delivered frame, an ERROR
         // asking for credentials): go round until no node has anything left.
         loop {
-            while let Some(transmit) = self.node.poll_transmit() {
-                if let Err(e) = self
-                    .transport
-                    .send(transmit.to, &transmit.data, transmit.ttl)
-                    .await
-                {
-                    tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
-                }
-            }
+            self.take_transmits_of_host();
             while let Some(event) = self.node.poll_event() {
                 self.handle_event(event)?;
             }
             for endpoint in self.endpoints.values_mut() {
                 while let Some(transmit) = endpoint.node.poll_transmit() {
-                    if let Err(e) = self
-                        .transport
-                        .send(transmit.to, &transmit.data, transmit.ttl)
-                        .await
-                    {
-                        tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
-                    }
+                    self.outgoing.push(transmit);
+                    self.outgoing_from.push(endpoint.node.address());
                 }
                 let store = self.plugin.as_ref().map(|p| &p.store);
                 while let Some(event) = endpoint.node.poll_event() {
@@ -1091,10 +1123,36 @@ impl<T: Transport> Driver<T> {
             }
             self.switch_frames();
         }
+        // What the host's events made it send (config answers, say) goes in this batch too.
+        self.take_transmits_of_host();
+        self.send_outgoing().await;
         self.answer_waiters();
         // Requests whose HTTP side gave up (timeout, closed connection) are forgotten.
         self.pending_echoes.retain(|p| !p.reply.is_closed());
         Ok(())
+    }
+
+    /// Moves the host node's queued datagrams to the turn's batch.
+    fn take_transmits_of_host(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            self.outgoing.push(transmit);
+            self.outgoing_from.push(self.node.address());
+        }
+    }
+
+    /// Sends the turn's datagrams in batches, then gives each buffer back to its node.
+    async fn send_outgoing(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        self.transport.send_batch(&self.outgoing).await;
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        let mut owners = std::mem::take(&mut self.outgoing_from);
+        for (transmit, owner) in outgoing.drain(..).zip(owners.drain(..)) {
+            self.recycle(owner, transmit.data);
+        }
+        self.outgoing = outgoing;
+        self.outgoing_from = owners;
     }
 
     fn handle_event(&mut self, event: Event) -> Result<(), DriverError> {
@@ -1162,6 +1220,7 @@ impl<T: Transport> Driver<T> {
                 if let Some(ports) = &self.ports {
                     ports.deliver(network_id, &frame);
                 }
+                self.node.recycle(frame);
             }
             Event::NetworkConfigUpdated {
                 network_id,
@@ -1520,6 +1579,7 @@ fn handle_endpoint_event(
             endpoint.counters.tx_packets += 1;
             endpoint.counters.tx_bytes += frame.len() as u64;
             endpoint.port.deliver(&frame);
+            endpoint.node.recycle(frame);
         }
         Event::SwitchedFrame {
             network_id,
@@ -1670,6 +1730,15 @@ async fn recv_frame<F>(frames: &mut Option<mpsc::Receiver<F>>) -> Option<F> {
     }
 }
 
+/// Another frame already queued on a channel, while fewer than [`FRAME_BATCH`] were
+/// `taken` this turn.
+fn try_recv_frame<F>(frames: &mut Option<mpsc::Receiver<F>>, taken: usize) -> Option<F> {
+    if taken >= FRAME_BATCH {
+        return None;
+    }
+    frames.as_mut().and_then(|rx| rx.try_recv().ok())
+}
+
 /// The monotonic instant at which wall-clock `deadline` falls, seen from `now`.
 fn instant_of(deadline: Timestamp, now: Timestamp) -> Instant {
     let wait = u64::try_from(deadline.as_millis().saturating_sub(now.as_millis())).unwrap_or(0);
@@ -1809,7 +1878,7 @@ mod tests {
         let mut got = None;
         for _ in 0..20 {
             frames_tx
-                .send((a, frame.clone()))
+                .send((a, crate::ports::FrameBuf::copy_of(&frame)))
                 .await
                 .expect("driver runs");
             if let Ok(Some(f)) =

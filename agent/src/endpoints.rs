@@ -28,8 +28,6 @@ use crate::tap::Tap;
 pub const ENDPOINTS_DIR: &str = "endpoints.d";
 /// Longest endpoint key accepted (its hex form names the record's file).
 pub const MAX_KEY_LEN: usize = 100;
-/// Largest frame read from an endpoint's tap.
-const TAP_READ_BUFFER: usize = 10_000 + 14 + 4;
 
 /// What is kept of an endpoint across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,20 +464,13 @@ async fn apply_configs(
 }
 
 async fn read_frames(address: Address, tap: Arc<Tap>, frames: mpsc::Sender<EndpointFrame>) {
-    let mut buf = vec![0u8; TAP_READ_BUFFER];
-    loop {
-        match tap.recv(&mut buf).await {
-            Ok(0) => continue,
-            Ok(len) => {
-                if frames.send((address, buf[..len].to_vec())).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::error!(%address, "endpoint tap read failed: {e}");
-                return;
-            }
-        }
+    let pumped = crate::ports::pump_frames(&tap, |frame| {
+        let frames = &frames;
+        async move { frames.send((address, frame)).await.is_ok() }
+    })
+    .await;
+    if let Err(e) = pumped {
+        tracing::error!(%address, "endpoint tap read failed: {e}");
     }
 }
 

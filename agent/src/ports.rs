@@ -5,7 +5,7 @@
 //! for a tap are written straight to it (a full queue drops the frame, as a NIC would).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use node_core::node::NetworkInfo;
 use node_core::vl2::config::{NetworkConfig, DEFAULT_MTU};
@@ -23,8 +23,114 @@ pub const FRAME_QUEUE: usize = 4096;
 /// Largest frame read from a tap: the largest ZeroTier MTU and an Ethernet header.
 const TAP_READ_BUFFER: usize = 10_000 + 14 + 4;
 
-/// A frame read from a network's tap.
-pub type TapFrame = (NetworkId, Vec<u8>);
+/// A frame read from a network's tap, for the host's node.
+pub type TapFrame = (NetworkId, FrameBuf);
+
+/// Frames a tap reader takes in one wake-up before it waits again.
+pub const TAP_BATCH: usize = 64;
+/// Free frame buffers a reader keeps (frames in flight beyond this are freed when done).
+const FRAME_POOL_MAX_FREE: usize = 32;
+
+/// The frame buffers of one tap reader: the reader fills them, the driver drops them once
+/// its node took the frame, and dropping gives them back. Frames thus cross the channel to
+/// the driver without an allocation each.
+#[derive(Clone, Default)]
+pub struct FramePool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl FramePool {
+    /// A buffer of [`TAP_READ_BUFFER`] bytes to read one frame into.
+    pub fn take(&self) -> FrameBuf {
+        let reused = self.0.lock().ok().and_then(|mut free| free.pop());
+        FrameBuf {
+            buf: reused.unwrap_or_else(|| vec![0; TAP_READ_BUFFER]),
+            len: 0,
+            pool: Some(self.clone()),
+        }
+    }
+}
+
+/// One Ethernet frame in a reader's buffer; it derefs to the frame's bytes.
+pub struct FrameBuf {
+    /// Always [`TAP_READ_BUFFER`] bytes long, whatever the frame's length, so that reuse
+    /// never zeroes or grows it.
+    buf: Vec<u8>,
+    len: usize,
+    pool: Option<FramePool>,
+}
+
+impl FrameBuf {
+    /// A frame of its own, in no pool (tests, and frames made by the agent itself).
+    pub fn copy_of(frame: &[u8]) -> Self {
+        Self {
+            buf: frame.to_vec(),
+            len: frame.len(),
+            pool: None,
+        }
+    }
+
+    /// The whole buffer, to read a frame into; then [`FrameBuf::set_len`].
+    pub fn space(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.buf.len());
+    }
+}
+
+impl std::ops::Deref for FrameBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for FrameBuf {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        if let Ok(mut free) = pool.0.lock() {
+            if free.len() < FRAME_POOL_MAX_FREE {
+                free.push(std::mem::take(&mut self.buf));
+            }
+        };
+    }
+}
+
+/// Reads frames from `tap` into pooled buffers and hands them to `deliver` (which awaits
+/// room in the driver's channel), until the tap fails or `deliver` says stop. Each wake-up
+/// takes every frame waiting, up to [`TAP_BATCH`].
+pub async fn pump_frames<F, Fut>(tap: &Tap, mut deliver: F) -> std::io::Result<()>
+where
+    F: FnMut(FrameBuf) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let pool = FramePool::default();
+    loop {
+        let mut frame = pool.take();
+        let len = tap.recv(frame.space()).await?;
+        frame.set_len(len);
+        if len > 0 && !deliver(frame).await {
+            return Ok(());
+        }
+        for _ in 1..TAP_BATCH {
+            let mut frame = pool.take();
+            match tap.try_recv(frame.space()) {
+                Ok(0) => continue,
+                Ok(len) => {
+                    frame.set_len(len);
+                    if !deliver(frame).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
 
 /// One network's port.
 struct Port {
@@ -244,19 +350,12 @@ impl Ports {
 
 /// Reads frames from a tap until it fails or the task is aborted.
 async fn read_frames(nwid: NetworkId, tap: Arc<Tap>, frames: mpsc::Sender<TapFrame>) {
-    let mut buf = vec![0u8; TAP_READ_BUFFER];
-    loop {
-        match tap.recv(&mut buf).await {
-            Ok(0) => continue,
-            Ok(len) => {
-                if frames.send((nwid, buf[..len].to_vec())).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::error!(network = %nwid, "tap read failed, port stopped: {e}");
-                return;
-            }
-        }
+    let pumped = pump_frames(&tap, |frame| {
+        let frames = &frames;
+        async move { frames.send((nwid, frame)).await.is_ok() }
+    })
+    .await;
+    if let Err(e) = pumped {
+        tracing::error!(network = %nwid, "tap read failed, port stopped: {e}");
     }
 }

@@ -186,6 +186,14 @@ impl Tap {
         }
     }
 
+    /// Reads one Ethernet frame if one is waiting, without waiting (`WouldBlock` if none):
+    /// after [`Tap::recv`], drains what else queued up in the same wake-up.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // A `WouldBlock` here leaves tokio's readiness set; the next `recv` finds it stale,
+        // reads `WouldBlock` through `try_io` and clears it.
+        self.device.get_ref().read(buf)
+    }
+
     /// Injects one Ethernet frame into the host's stack as if it had arrived on the wire.
     /// If the device cannot take it right now the frame is dropped, as a switch would, and
     /// this still returns `Ok`.

@@ -2,16 +2,90 @@
 //! one IPv6-only socket on `[::]:<port>` (ZeroTier One binds the same way).
 //!
 //! The driver sees them through [`Transport`], so tests can drive it over other transports.
+//!
+//! Datagrams move in batches: [`UdpTransport`] takes up to [`BATCH`] waiting datagrams with
+//! one `recvmmsg` into a [`RecvBatch`] the driver keeps, and sends a turn's datagrams with
+//! `sendmmsg`, so a burst costs a few system calls and no allocation.
+
+// `recvmmsg` and `sendmmsg` have no safe wrapper in the crates we use: the raw calls, each in
+// its own block with a SAFETY note, are the only unsafe code in this module.
+#![allow(unsafe_code)]
 
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use node_core::node::Transmit;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Socket buffer size asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 1 << 20;
+/// Datagrams per `recvmmsg` / `sendmmsg` call.
+pub const BATCH: usize = 32;
+/// Room for one received datagram: more than the largest physical MTU ZeroTier uses
+/// (10324); a longer datagram is truncated by the kernel and dropped here.
+const RECV_SLOT: usize = 16_384;
+
+/// Datagrams received in one call, in buffers kept from call to call.
+pub struct RecvBatch {
+    /// [`BATCH`] slots of [`RECV_SLOT`] bytes.
+    data: Vec<u8>,
+    lens: [usize; BATCH],
+    from: [SocketAddr; BATCH],
+    count: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    pub fn new() -> Self {
+        Self {
+            data: vec![0; BATCH * RECV_SLOT],
+            lens: [0; BATCH],
+            from: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            count: 0,
+        }
+    }
+
+    /// The datagrams of the last receive, with their senders.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        (0..self.count).map(|i| (self.from[i], &self.data[i * RECV_SLOT..][..self.lens[i]]))
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// The next free slot, to receive into; `None` when the batch is full.
+    fn next_slot(&mut self) -> Option<&mut [u8]> {
+        let i = self.count;
+        (i < BATCH).then(|| &mut self.data[i * RECV_SLOT..][..RECV_SLOT])
+    }
+
+    /// Records the datagram just written into the next slot.
+    fn commit(&mut self, len: usize, from: SocketAddr) {
+        if self.count < BATCH {
+            self.lens[self.count] = len.min(RECV_SLOT);
+            self.from[self.count] = from;
+            self.count += 1;
+        }
+    }
+}
 
 /// Datagrams in and out.
 pub trait Transport: Send {
@@ -28,6 +102,38 @@ pub trait Transport: Send {
         data: &'a [u8],
         ttl: Option<u8>,
     ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+
+    /// Waits for datagrams and puts those waiting (at least one) into `batch`, replacing
+    /// what it held. Must be cancel-safe, as [`Transport::recv`]. By default, one at a time.
+    fn recv_batch<'a>(
+        &'a mut self,
+        batch: &'a mut RecvBatch,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        async move {
+            batch.clear();
+            let Some(slot) = batch.next_slot() else {
+                return Ok(());
+            };
+            let (len, from) = self.recv(slot).await?;
+            batch.commit(len, from);
+            Ok(())
+        }
+    }
+
+    /// Sends every datagram of `datagrams`; a failed one is logged and skipped. By default,
+    /// one at a time.
+    fn send_batch<'a>(
+        &'a mut self,
+        datagrams: &'a [Transmit],
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            for transmit in datagrams {
+                if let Err(e) = self.send(transmit.to, &transmit.data, transmit.ttl).await {
+                    tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
+                }
+            }
+        }
+    }
 
     /// The addresses bound, for `/status`.
     fn local_addrs(&self) -> Vec<SocketAddr>;
@@ -87,6 +193,162 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 fn try_recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
     let (len, from) = socket.try_recv_from(buf)?;
     Ok((len, unmap(from)))
+}
+
+/// Receives the datagrams waiting on `socket` into `batch` with one `recvmmsg`;
+/// `WouldBlock` when none is.
+fn try_recv_batch(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<()> {
+    batch.clear();
+    // The headers point into `batch.data` and into `names`, both alive and unmoved for
+    // the whole call; they are rebuilt on every call, so nothing holds a pointer after it.
+    // SAFETY: all-zero bytes are a valid value of these plain C structs.
+    let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for ((slot, iovec), (header, name)) in batch
+        .data
+        .chunks_exact_mut(RECV_SLOT)
+        .zip(iovecs.iter_mut())
+        .zip(headers.iter_mut().zip(names.iter_mut()))
+    {
+        iovec.iov_base = slot.as_mut_ptr().cast();
+        iovec.iov_len = slot.len();
+        header.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+        header.msg_hdr.msg_iov = iovec;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `headers` holds BATCH initialized headers whose buffers (iovecs into
+    // `batch.data`, names into `names`) are valid for writes of the lengths given and
+    // outlive the call; the kernel writes at most those lengths and the counts below.
+    let received = unsafe {
+        libc::recvmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (header, name) in headers.iter().zip(names.iter()).take(received as usize) {
+        let len = header.msg_len as usize;
+        let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let from = socket_addr_of(name, header.msg_hdr.msg_namelen);
+        // The slot is the next one either way; a datagram we cannot use leaves it empty.
+        match from {
+            Some(from) if !truncated => batch.commit(len, unmap(from)),
+            _ => batch.commit(0, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
+        }
+    }
+    Ok(())
+}
+
+/// The address the kernel wrote into `name`, if IPv4 or IPv6.
+fn socket_addr_of(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(name.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in; sockaddr_storage is
+            // large and aligned enough for every socket address type.
+            let sin =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Sends the datagrams `picked` (indices into `datagrams`) with one `sendmmsg`; how many
+/// went, counted from the first. An error means the first could not be sent.
+fn try_send_batch(
+    socket: &UdpSocket,
+    datagrams: &[Transmit],
+    picked: &[usize],
+) -> io::Result<usize> {
+    let count = picked.len().min(BATCH);
+    let names: [SockAddr; BATCH] = std::array::from_fn(|i| {
+        let to = picked
+            .get(i)
+            .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |&j| {
+                datagrams[j].to
+            });
+        SockAddr::from(to)
+    });
+    // SAFETY: all-zero bytes are a valid value of these plain C structs.
+    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, &j) in picked.iter().take(count).enumerate() {
+        let data = &datagrams[j].data;
+        // The kernel only reads through these pointers (sendmmsg).
+        iovecs[i].iov_base = data.as_ptr().cast_mut().cast();
+        iovecs[i].iov_len = data.len();
+        headers[i].msg_hdr.msg_name = names[i].as_ptr().cast_mut().cast();
+        headers[i].msg_hdr.msg_namelen = names[i].len();
+        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the first `count` headers point at datagrams and addresses that live until
+    // the call returns; sendmmsg reads them and writes only each header's msg_len.
+    let sent = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// Sends `picked` of `datagrams` on `socket`, waiting while its buffer is full; failed
+/// datagrams are logged and skipped.
+async fn send_picked(socket: &UdpSocket, datagrams: &[Transmit], picked: &[usize]) {
+    let mut done = 0;
+    while done < picked.len() {
+        let rest = &picked[done..];
+        let result = loop {
+            if let Err(e) = socket.writable().await {
+                break Err(e);
+            }
+            match socket.try_io(Interest::WRITABLE, || {
+                try_send_batch(socket, datagrams, rest)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => break other,
+            }
+        };
+        match result {
+            Ok(0) => done += 1,
+            Ok(sent) => done += sent,
+            Err(e) => {
+                tracing::debug!(to = %datagrams[rest[0]].to, "UDP send failed: {e}");
+                done += 1;
+            }
+        }
+    }
 }
 
 /// An IPv4-mapped IPv6 source is reported as plain IPv4, so one peer has one path.
@@ -149,6 +411,66 @@ impl Transport for UdpTransport {
                         "no IPv6 socket on this host",
                     )),
                 },
+            }
+        }
+    }
+
+    async fn recv_batch(&mut self, batch: &mut RecvBatch) -> io::Result<()> {
+        loop {
+            // As in `recv`: readiness first, then a receive that does not wait.
+            let result = match &self.v6 {
+                Some(v6) => tokio::select! {
+                    ready = self.v4.readable() => ready.and_then(|()| {
+                        self.v4.try_io(Interest::READABLE, || try_recv_batch(&self.v4, batch))
+                    }),
+                    ready = v6.readable() => ready.and_then(|()| {
+                        v6.try_io(Interest::READABLE, || try_recv_batch(v6, batch))
+                    }),
+                },
+                None => self.v4.readable().await.and_then(|()| {
+                    self.v4
+                        .try_io(Interest::READABLE, || try_recv_batch(&self.v4, batch))
+                }),
+            };
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_batch(&mut self, datagrams: &[Transmit]) {
+        for chunk_start in (0..datagrams.len()).step_by(BATCH) {
+            let chunk_end = (chunk_start + BATCH).min(datagrams.len());
+            // Per socket family, the indices of this chunk's datagrams; a datagram with its
+            // own TTL goes alone (`send` sets and restores the TTL around it).
+            let mut v4 = [0usize; BATCH];
+            let mut v6 = [0usize; BATCH];
+            let (mut n4, mut n6) = (0, 0);
+            for (i, transmit) in datagrams
+                .iter()
+                .enumerate()
+                .take(chunk_end)
+                .skip(chunk_start)
+            {
+                if transmit.ttl.is_some() {
+                    if let Err(e) = self.send(transmit.to, &transmit.data, transmit.ttl).await {
+                        tracing::debug!(to = %transmit.to, "UDP send failed: {e}");
+                    }
+                } else if transmit.to.is_ipv4() {
+                    v4[n4] = i;
+                    n4 += 1;
+                } else {
+                    v6[n6] = i;
+                    n6 += 1;
+                }
+            }
+            send_picked(&self.v4, datagrams, &v4[..n4]).await;
+            if n6 > 0 {
+                match &self.v6 {
+                    Some(v6_socket) => send_picked(v6_socket, datagrams, &v6[..n6]).await,
+                    None => tracing::debug!("{n6} datagrams for IPv6 dropped: no IPv6 socket"),
+                }
             }
         }
     }

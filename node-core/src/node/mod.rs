@@ -8,6 +8,12 @@
 //! and after each call drain [`Node::poll_transmit`] (datagrams to send) and
 //! [`Node::poll_event`] (things the host must persist or report). Every input carries `now`;
 //! randomness comes from the seed in [`NodeConfig`]. The same inputs give the same outputs.
+//!
+//! Buffers: the node builds datagrams ([`Transmit::data`]), frames for the port
+//! ([`Event::Frame`]) and switched payloads ([`Event::SwitchedFrame`]) in buffers from a small
+//! pool of its own. A host that hands each one back with [`Node::recycle`] once it is done
+//! with it makes the unicast data path run without heap allocation in steady state; a host
+//! that drops them only costs an allocation per packet.
 
 mod path;
 mod peer;
@@ -83,6 +89,12 @@ const PAYLOAD_OFFSET: usize = packet::MIN_PACKET_LEN;
 const BEACON_LEN: usize = 13;
 /// The datagram that opens NAT mappings before contacting a peer named by RENDEZVOUS.
 const NAT_JUNK: [u8; 4] = [0x4a, 0x55, 0x4e, 0x4b];
+/// Capacity of a pooled buffer: the largest packet, which also holds the largest Ethernet
+/// frame (14-byte header and a 10000-byte MTU) and any single datagram.
+const POOL_BUFFER_CAPACITY: usize = packet::MAX_PACKET_LEN;
+/// Free buffers kept for reuse. A host recycles after each batch, so a few dozen cover the
+/// packets in flight; more would only hold memory (one pool per node, many nodes per host).
+const POOL_MAX_FREE: usize = 32;
 
 /// How a node starts.
 #[derive(Clone, Debug)]
@@ -160,6 +172,8 @@ impl NodeConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub to: SocketAddr,
+    /// The datagram, in a buffer of the node's pool: give it back with [`Node::recycle`]
+    /// after sending.
     pub data: Vec<u8>,
     /// An IP TTL for this datagram only: `Some(2)` for the NAT-opening junk before a
     /// RENDEZVOUS contact.
@@ -213,14 +227,16 @@ pub enum Event {
         network_id: NetworkId,
         status: NetworkStatus,
     },
-    /// An Ethernet frame for the network's virtual port.
+    /// An Ethernet frame for the network's virtual port, in a pooled buffer: give it back
+    /// with [`Node::recycle`] after writing it.
     Frame {
         network_id: NetworkId,
         frame: Vec<u8>,
     },
     /// A unicast frame for a member hosted next to us (see [`Node::set_local_peers`]),
     /// already allowed by our outbound rules: the host hands it to that member's node with
-    /// [`Node::handle_switched_frame`] instead of sending a FRAME over UDP.
+    /// [`Node::handle_switched_frame`] instead of sending a FRAME over UDP. `payload` is a
+    /// pooled buffer: give it back to this node with [`Node::recycle`] afterwards.
     SwitchedFrame {
         network_id: NetworkId,
         to: Address,
@@ -351,6 +367,34 @@ pub struct Node {
     metrics: Metrics,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Empty buffers for packets and frames, refilled by [`Node::recycle`].
+    free_buffers: Vec<Vec<u8>>,
+    /// The rules engine's tag lists (ours, the other side's), kept between frames.
+    filter_tags: (
+        Vec<crate::vl2::filter::TagValue>,
+        Vec<crate::vl2::filter::TagValue>,
+    ),
+}
+
+/// What stops a packet from being sent now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unroutable {
+    /// To ourselves: never sent.
+    ToSelf,
+    /// We do not know the peer yet: the packet waits for WHOIS.
+    UnknownPeer,
+    /// Neither a path nor an upstream: the packet waits for a root to answer.
+    NoPath,
+}
+
+/// Where a routable packet goes.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    to: SocketAddr,
+    /// Straight to the peer (not relayed by an upstream).
+    direct: bool,
+    /// May be split into fragments (not a reply to a given address).
+    fragmentable: bool,
 }
 
 impl Node {
@@ -394,6 +438,8 @@ impl Node {
             metrics: Metrics::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            free_buffers: Vec::new(),
+            filter_tags: Default::default(),
             identity: config.identity,
         };
         node.recompute_upstreams(now);
@@ -450,6 +496,22 @@ impl Node {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Gives back a buffer the host is done with: a [`Transmit::data`] after sending, an
+    /// [`Event::Frame`] after writing it to the port, an [`Event::SwitchedFrame`] payload
+    /// after handing it over. The node reuses it for a later packet. Buffers too small to
+    /// hold any packet, and buffers beyond the pool's bound, are freed.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if buffer.capacity() >= POOL_BUFFER_CAPACITY && self.free_buffers.len() < POOL_MAX_FREE {
+            buffer.clear();
+            self.free_buffers.push(buffer);
+        }
+    }
+
+    /// An empty buffer that holds any packet or frame without growing.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        take_buffer(&mut self.free_buffers)
     }
 
     /// The next time [`Node::handle_timeout`] must be called.
@@ -745,8 +807,11 @@ impl Node {
                 self.relay(now, from, data, None);
                 return;
             }
-            if let Some(whole) = self.reassembler.handle_fragment(now, data) {
+            let mut whole = self.take_buffer();
+            if self.reassembler.handle_fragment_into(now, data, &mut whole) {
                 self.handle_packet(now, from, whole);
+            } else {
+                self.recycle(whole);
             }
             return;
         }
@@ -763,12 +828,17 @@ impl Node {
             return;
         }
         if view.is_fragmented() {
-            if let Some(whole) = self.reassembler.handle_head(now, data) {
+            let mut whole = self.take_buffer();
+            if self.reassembler.handle_head_into(now, data, &mut whole) {
                 self.handle_packet(now, from, whole);
+            } else {
+                self.recycle(whole);
             }
             return;
         }
-        self.handle_packet(now, from, data.to_vec());
+        let mut packet = self.take_buffer();
+        packet.extend_from_slice(data);
+        self.handle_packet(now, from, packet);
     }
 
     /// A whole packet addressed to us.
@@ -787,6 +857,9 @@ impl Node {
         }
         if !self.peers.contains_key(&source) {
             if self.parked_rx.len() < MAX_PARKED_RX {
+                // Parked at its own size, not in a pool-sized buffer: strangers could
+                // otherwise make us hold MAX_PARKED_RX full buffers.
+                packet.shrink_to_fit();
                 self.parked_rx.push(ParkedRx {
                     from,
                     source,
@@ -795,6 +868,7 @@ impl Node {
                 });
             } else {
                 self.metrics.record_dropped(DropReason::UnknownPeer);
+                self.recycle(packet);
             }
             if self
                 .whois_sent
@@ -814,21 +888,26 @@ impl Node {
                 .any(|t| t.id == id && t.contains(&from.ip()))
             {
                 self.metrics.record_dropped(DropReason::UntrustedPath);
+                self.recycle(packet);
                 return;
             }
         } else if armor::dearmor(&mut packet, &self.peers[&source].key).is_err() {
             self.metrics.record_mac_failure(source);
+            self.recycle(packet);
             return;
         }
         if Packet::new_checked(&packet[..]).is_ok_and(|p| p.is_compressed()) {
-            let mut out = Vec::with_capacity(packet::MAX_PACKET_LEN);
+            let mut out = self.take_buffer();
             if compress::decompress_packet(&packet, &mut out).is_err() {
                 self.metrics.record_dropped(DropReason::DecompressionFailed);
+                self.recycle(out);
+                self.recycle(packet);
                 return;
             }
-            packet = out;
+            self.recycle(std::mem::replace(&mut packet, out));
         }
         self.dispatch(now, from, &packet);
+        self.recycle(packet);
     }
 
     fn dispatch(&mut self, now: Timestamp, from: SocketAddr, packet: &[u8]) {
@@ -1722,59 +1801,106 @@ impl Node {
         route: Route,
         report: bool,
     ) {
-        if dest == self.address {
-            return;
-        }
-        if !self.peers.contains_key(&dest) {
-            if self.queued_tx.len() < MAX_QUEUED_TX {
-                self.queued_tx.push(QueuedTx {
-                    to: dest,
-                    verb,
-                    payload,
-                    queued: now,
-                    report,
-                });
-            }
-            if self
-                .whois_sent
-                .get(&dest)
-                .is_none_or(|t| now.since(*t) >= WHOIS_RETRY_DELAY)
-            {
-                self.send_whois(now, dest);
-            }
-            return;
-        }
-        // Where it goes: a given address, the peer's best path, or relayed via an upstream.
-        let (target, direct, fragmentable) = match route {
-            Route::Direct(addr) => (addr, true, false),
-            Route::Best => {
-                let peer = &self.peers[&dest];
-                match peer.best_path_index(now) {
-                    Some(i) => (peer.paths[i].remote, true, true),
-                    None => match self.best_upstream_path(now, Some(dest)) {
-                        Some((_, addr)) => (addr, false, true),
-                        None => {
-                            // No way to reach it yet: keep it until a root answers.
-                            if self.queued_tx.len() < MAX_QUEUED_TX {
-                                self.queued_tx.push(QueuedTx {
-                                    to: dest,
-                                    verb,
-                                    payload,
-                                    queued: now,
-                                    report,
-                                });
-                            }
-                            return;
-                        }
-                    },
-                }
+        let target = match self.resolve_route(now, dest, route) {
+            Ok(target) => target,
+            Err(unroutable) => {
+                self.hold_unroutable(now, dest, verb, payload, report, unroutable);
+                return;
             }
         };
-
-        let mut buf = Vec::with_capacity(packet::MIN_PACKET_LEN + payload.len());
+        let mut buf = self.take_buffer();
         let id = self.random_packet_id();
         packet::emit_header(&mut buf, id, dest, self.address, verb);
         buf.extend_from_slice(&payload);
+        self.send_built(now, dest, verb, buf, route, target, report);
+    }
+
+    /// Where a packet to `dest` goes now (a given address, the peer's best path, or relayed
+    /// via an upstream), or why it cannot go yet.
+    fn resolve_route(
+        &self,
+        now: Timestamp,
+        dest: Address,
+        route: Route,
+    ) -> Result<Target, Unroutable> {
+        if dest == self.address {
+            return Err(Unroutable::ToSelf);
+        }
+        let Some(peer) = self.peers.get(&dest) else {
+            return Err(Unroutable::UnknownPeer);
+        };
+        match route {
+            Route::Direct(to) => Ok(Target {
+                to,
+                direct: true,
+                fragmentable: false,
+            }),
+            Route::Best => match peer.best_path_index(now) {
+                Some(i) => Ok(Target {
+                    to: peer.paths[i].remote,
+                    direct: true,
+                    fragmentable: true,
+                }),
+                None => match self.best_upstream_path(now, Some(dest)) {
+                    Some((_, to)) => Ok(Target {
+                        to,
+                        direct: false,
+                        fragmentable: true,
+                    }),
+                    None => Err(Unroutable::NoPath),
+                },
+            },
+        }
+    }
+
+    /// Keeps a packet that cannot be sent yet: it waits for a WHOIS answer (asked here) or
+    /// for a root to answer.
+    fn hold_unroutable(
+        &mut self,
+        now: Timestamp,
+        dest: Address,
+        verb: Verb,
+        payload: Vec<u8>,
+        report: bool,
+        unroutable: Unroutable,
+    ) {
+        if unroutable == Unroutable::ToSelf {
+            return;
+        }
+        if self.queued_tx.len() < MAX_QUEUED_TX {
+            self.queued_tx.push(QueuedTx {
+                to: dest,
+                verb,
+                payload,
+                queued: now,
+                report,
+            });
+        }
+        if unroutable == Unroutable::UnknownPeer
+            && self
+                .whois_sent
+                .get(&dest)
+                .is_none_or(|t| now.since(*t) >= WHOIS_RETRY_DELAY)
+        {
+            self.send_whois(now, dest);
+        }
+    }
+
+    /// Compresses, fragments, armors and queues `buf`, a whole plaintext packet (header with
+    /// its packet ID, verb and payload) for `dest`, a known peer reached at `target`.
+    #[allow(clippy::too_many_arguments)]
+    fn send_built(
+        &mut self,
+        now: Timestamp,
+        dest: Address,
+        verb: Verb,
+        mut buf: Vec<u8>,
+        route: Route,
+        target: Target,
+        report: bool,
+    ) {
+        self.metrics
+            .record_sent(dest, verb, buf.get(PAYLOAD_OFFSET..).unwrap_or_default());
         // What 1.14 compresses (frames are not, since 1.4.8); compression is kept only when
         // it shrinks the packet.
         let compressible = matches!(
@@ -1787,19 +1913,25 @@ impl Node {
                 | Verb::MulticastLike
                 | Verb::MulticastGather
                 | Verb::MulticastFrame
-        ) || (verb == Verb::Ok && payload.len() > 256);
+        ) || (verb == Verb::Ok && buf.len() > PAYLOAD_OFFSET + 256);
         if compressible {
             let mut scratch = Vec::new();
             compress::compress_packet(&mut buf, &mut scratch);
         }
-        let fragment = fragmentable && buf.len() > self.physical_mtu;
+        let fragment = target.fragmentable && buf.len() > self.physical_mtu;
         if fragment {
             if let Ok(mut view) = Packet::new_checked(&mut buf[..]) {
                 view.set_fragmented(true);
             }
         }
-        let peer = &self.peers[&dest];
-        match self.trusted_paths.iter().find(|t| t.contains(&target.ip())) {
+        let Some(peer) = self.peers.get(&dest) else {
+            return;
+        };
+        match self
+            .trusted_paths
+            .iter()
+            .find(|t| t.contains(&target.to.ip()))
+        {
             Some(trusted) => armor::armor_trusted(&mut buf, trusted.id),
             None => armor::armor(&mut buf, &peer.key, peer.cipher()),
         }
@@ -1833,26 +1965,32 @@ impl Node {
                 peer.last_activity = Some(now);
             }
         }
-        if direct {
-            if let Some(path) = self.peers.get_mut(&dest).and_then(|p| p.path_mut(&target)) {
+        if target.direct {
+            if let Some(path) = self
+                .peers
+                .get_mut(&dest)
+                .and_then(|p| p.path_mut(&target.to))
+            {
                 path.last_send = now;
             }
         }
-        self.metrics.record_sent(dest, verb, &payload);
         if fragment {
-            let mut pieces = Vec::new();
-            if fragment::split(&buf, self.physical_mtu, &mut pieces).is_ok() {
-                for data in pieces {
-                    self.transmits.push_back(Transmit {
-                        to: target,
-                        data,
-                        ttl: None,
-                    });
-                }
-            }
+            // Each piece is copied into a buffer of its own; the whole packet's goes back to
+            // the pool.
+            let (free, transmits) = (&mut self.free_buffers, &mut self.transmits);
+            let _ = fragment::split_with(&buf, self.physical_mtu, |piece| {
+                let mut data = take_buffer(free);
+                data.extend_from_slice(piece);
+                transmits.push_back(Transmit {
+                    to: target.to,
+                    data,
+                    ttl: None,
+                });
+            });
+            self.recycle(buf);
         } else {
             self.transmits.push_back(Transmit {
-                to: target,
+                to: target.to,
                 data: buf,
                 ttl: None,
             });
@@ -1943,6 +2081,13 @@ impl Node {
         }
         None
     }
+}
+
+/// A buffer from `free`, or a new one when the pool is empty. A free function so that it can
+/// borrow the pool alone while other fields of the node are borrowed too.
+fn take_buffer(free: &mut Vec<Vec<u8>>) -> Vec<u8> {
+    free.pop()
+        .unwrap_or_else(|| Vec::with_capacity(POOL_BUFFER_CAPACITY))
 }
 
 fn with_port(mut addr: SocketAddr, port: u16) -> SocketAddr {

@@ -26,7 +26,7 @@ use crate::vl2::filter::{
 };
 use crate::vl2::network::{RFC4193_PREFIX_BITS, SIXPLANE_PREFIX_BITS};
 use crate::vl2::verbs::{
-    ConfigChunkRepr, ExtFrameRepr, FrameRepr, MulticastFrameRepr, MulticastGatherRepr,
+    ConfigChunkRepr, ExtFrameRepr, FrameView, MulticastFrameRepr, MulticastGatherRepr,
     MulticastLikeRepr, NetworkConfigAckRepr, NetworkConfigRequestRepr, NetworkCredentialsRepr,
     OkMulticastFrameRepr, OkMulticastGatherRepr, Vl2ErrorPayload,
 };
@@ -265,19 +265,20 @@ impl Network {
                 .is_none_or(|&threshold| ts > threshold)
     }
 
-    /// The peer's currently valid tags, as the rules see them.
-    fn remote_tags(&self, peer: Address) -> Vec<TagValue> {
+    /// Appends the peer's currently valid tags, as the rules see them, to `out`.
+    fn remote_tags_into(&self, peer: Address, out: &mut Vec<TagValue>) {
         let Some(m) = self.memberships.get(&peer) else {
-            return Vec::new();
+            return;
         };
-        m.tags
-            .values()
-            .filter(|t| self.credential_valid(m, CredentialType::Tag, t.id, t.timestamp))
-            .map(|t| TagValue {
-                id: t.id,
-                value: t.value,
-            })
-            .collect()
+        out.extend(
+            m.tags
+                .values()
+                .filter(|t| self.credential_valid(m, CredentialType::Tag, t.id, t.timestamp))
+                .map(|t| TagValue {
+                    id: t.id,
+                    value: t.value,
+                }),
+        );
     }
 
     /// The peer's currently valid capabilities.
@@ -290,28 +291,22 @@ impl Network {
     }
 
     /// The peer's currently valid certificates of ownership.
-    fn remote_coos(&self, peer: Address) -> Vec<&CertificateOfOwnership> {
-        let Some(m) = self.memberships.get(&peer) else {
-            return Vec::new();
-        };
-        m.coos
-            .values()
-            .filter(|c| {
+    fn remote_coos(&self, peer: Address) -> impl Iterator<Item = &CertificateOfOwnership> + '_ {
+        self.memberships.get(&peer).into_iter().flat_map(move |m| {
+            m.coos.values().filter(move |c| {
                 self.credential_valid(m, CredentialType::CertificateOfOwnership, c.id, c.timestamp)
             })
-            .collect()
+        })
     }
 
-    fn local_tags(&self) -> Vec<TagValue> {
-        self.config.as_ref().map_or_else(Vec::new, |c| {
-            c.tags
-                .iter()
-                .map(|t| TagValue {
-                    id: t.id,
-                    value: t.value,
-                })
-                .collect()
-        })
+    /// Appends our own tags (the config's) to `out`.
+    fn local_tags_into(&self, out: &mut Vec<TagValue>) {
+        if let Some(c) = &self.config {
+            out.extend(c.tags.iter().map(|t| TagValue {
+                id: t.id,
+                value: t.value,
+            }));
+        }
     }
 }
 
@@ -324,20 +319,20 @@ fn static_ips(config: &NetworkConfig) -> impl Iterator<Item = (IpAddr, u8)> + '_
 }
 
 /// Inbound ownership: the sender's valid COOs, plus 1.14's NDP-emulation rule (an IPv6
-/// source inside our own RFC4193 /88 or 6PLANE /40 counts as owned).
+/// source inside our own RFC4193 /88 or 6PLANE /40 counts as owned). Both are looked up
+/// only when a rule asks, so a frame costs no list of them.
 struct InboundOwnership<'a> {
-    coos: Vec<&'a CertificateOfOwnership>,
-    emulated_prefixes: Vec<(Ipv6Addr, usize)>,
+    network: &'a Network,
+    sender: Address,
+    config: &'a NetworkConfig,
 }
 
 impl Ownership for InboundOwnership<'_> {
     fn owns_ip(&self, ip: IpAddr) -> bool {
         if let IpAddr::V6(v6) = ip {
             let o = v6.octets();
-            if self
-                .emulated_prefixes
-                .iter()
-                .any(|(p, bytes)| p.octets()[..*bytes] == o[..*bytes])
+            if ndp_emulated_prefixes(self.config)
+                .any(|(p, bytes)| p.octets()[..bytes] == o[..bytes])
             {
                 return true;
             }
@@ -346,21 +341,24 @@ impl Ownership for InboundOwnership<'_> {
             IpAddr::V4(v4) => Thing::ipv4(v4),
             IpAddr::V6(v6) => Thing::ipv6(v6),
         };
-        self.coos.iter().any(|coo| coo.owns(&thing))
+        self.network
+            .remote_coos(self.sender)
+            .any(|coo| coo.owns(&thing))
     }
     fn owns_mac(&self, mac: Mac) -> bool {
         let thing = Thing::mac(mac);
-        self.coos.iter().any(|coo| coo.owns(&thing))
+        self.network
+            .remote_coos(self.sender)
+            .any(|coo| coo.owns(&thing))
     }
 }
 
 /// Our RFC4193 and 6PLANE static addresses with the bytes of their prefix that identify the
 /// network (11 and 5), when NDP emulation is on.
-fn ndp_emulated_prefixes(config: &NetworkConfig) -> Vec<(Ipv6Addr, usize)> {
-    if config.flags & FLAG_ENABLE_IPV6_NDP_EMULATION == 0 {
-        return Vec::new();
-    }
+fn ndp_emulated_prefixes(config: &NetworkConfig) -> impl Iterator<Item = (Ipv6Addr, usize)> + '_ {
+    let emulating = config.flags & FLAG_ENABLE_IPV6_NDP_EMULATION != 0;
     static_ips(config)
+        .filter(move |_| emulating)
         .filter_map(|(ip, bits)| match ip {
             IpAddr::V6(v6) => {
                 let o = v6.octets();
@@ -374,7 +372,6 @@ fn ndp_emulated_prefixes(config: &NetworkConfig) -> Vec<(Ipv6Addr, usize)> {
             }
             IpAddr::V4(_) => None,
         })
-        .collect()
 }
 
 /// The multicast group an outgoing frame to a multicast MAC goes to (zt-vl2.md 1.3).
@@ -420,14 +417,18 @@ fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// A raw Ethernet frame for the tap.
-fn ethernet_frame(dest: Mac, source: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(ETHERNET_HEADER_LEN + payload.len());
+/// Appends a raw Ethernet frame for the tap to `frame`.
+fn emit_ethernet_frame(
+    frame: &mut Vec<u8>,
+    dest: Mac,
+    source: Mac,
+    ethertype: u16,
+    payload: &[u8],
+) {
     frame.extend_from_slice(&dest.0);
     frame.extend_from_slice(&source.0);
     frame.extend_from_slice(&ethertype.to_be_bytes());
     frame.extend_from_slice(payload);
-    frame
 }
 
 impl Node {
@@ -685,24 +686,43 @@ impl Node {
             }
             self.push_credentials_if_needed(now, network_id, peer, false);
             if self.local_peers.contains(&peer) {
+                let mut switched = self.take_buffer();
+                switched.extend_from_slice(payload);
                 self.events.push_back(Event::SwitchedFrame {
                     network_id,
                     to: peer,
                     ethertype,
-                    payload: payload.to_vec(),
+                    payload: switched,
                 });
                 return;
             }
-            let mut out = Vec::with_capacity(10 + payload.len());
-            FrameRepr {
+            let frame = FrameView {
                 network_id,
                 ethertype,
-                payload: payload.to_vec(),
-            }
-            .emit(&mut out);
-            self.send(now, peer, Verb::Frame, out, Route::Best);
+                payload,
+            };
+            self.send_frame(now, peer, &frame);
         }
         // Other unicast destinations would be bridged hosts; we bridge nothing.
+    }
+
+    /// Sends a FRAME to `peer`. When it can go now, it is written straight into a pooled
+    /// buffer and armored there; otherwise it waits in the send queue like any packet.
+    fn send_frame(&mut self, now: Timestamp, peer: Address, frame: &FrameView<'_>) {
+        let target = match self.resolve_route(now, peer, Route::Best) {
+            Ok(target) => target,
+            Err(unroutable) => {
+                let mut payload = Vec::with_capacity(10 + frame.payload.len());
+                frame.emit(&mut payload);
+                self.hold_unroutable(now, peer, Verb::Frame, payload, false, unroutable);
+                return;
+            }
+        };
+        let mut buf = self.take_buffer();
+        let id = self.random_packet_id();
+        crate::wire::packet::emit_header(&mut buf, id, peer, self.address, Verb::Frame);
+        frame.emit(&mut buf);
+        self.send_built(now, peer, Verb::Frame, buf, Route::Best, target, false);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1378,18 +1398,20 @@ impl Node {
         payload: &[u8],
         no_tee: bool,
     ) -> FilterDecision {
+        // The tag lists are built in vectors the node keeps, not new ones per frame.
+        let (mut local_tags, mut remote_tags) = std::mem::take(&mut self.filter_tags);
+        local_tags.clear();
+        remote_tags.clear();
         let Some(network) = self.networks.get(&network_id) else {
             return FilterDecision::default();
         };
         let Some(config) = &network.config else {
             return FilterDecision::default();
         };
-        let local_tags = network.local_tags();
-        let remote_tags = if zt_dest == Address::NIL {
-            Vec::new()
-        } else {
-            network.remote_tags(zt_dest)
-        };
+        network.local_tags_into(&mut local_tags);
+        if zt_dest != Address::NIL {
+            network.remote_tags_into(zt_dest, &mut remote_tags);
+        }
         let ownership = CooOwnership(&config.certificates_of_ownership);
         let cx = FilterContext {
             this_node: self.address,
@@ -1417,6 +1439,7 @@ impl Node {
             no_tee,
             &mut || rng.next_u32(),
         );
+        self.filter_tags = (local_tags, remote_tags);
         self.send_copies(now, network_id, &decision, source, dest, ethertype, payload);
         decision
     }
@@ -1433,18 +1456,22 @@ impl Node {
         ethertype: u16,
         payload: &[u8],
     ) -> FilterDecision {
+        let (mut local_tags, mut remote_tags) = std::mem::take(&mut self.filter_tags);
+        local_tags.clear();
+        remote_tags.clear();
         let Some(network) = self.networks.get(&network_id) else {
             return FilterDecision::default();
         };
         let Some(config) = &network.config else {
             return FilterDecision::default();
         };
-        let local_tags = network.local_tags();
-        let remote_tags = network.remote_tags(sender);
+        network.local_tags_into(&mut local_tags);
+        network.remote_tags_into(sender, &mut remote_tags);
         let capabilities = network.remote_capabilities(sender);
         let ownership = InboundOwnership {
-            coos: network.remote_coos(sender),
-            emulated_prefixes: ndp_emulated_prefixes(config),
+            network,
+            sender,
+            config,
         };
         let cx = FilterContext {
             this_node: self.address,
@@ -1468,6 +1495,7 @@ impl Node {
             filter::filter_incoming(&config.rules, capabilities, &cx, &frame, &mut || {
                 rng.next_u32()
             });
+        self.filter_tags = (local_tags, remote_tags);
         self.metrics.record_frame_in(network_id, decision.deliver);
         self.send_copies(now, network_id, &decision, source, dest, ethertype, payload);
         decision
@@ -1524,7 +1552,7 @@ impl Node {
         payload: &[u8],
         packet: &[u8],
     ) {
-        let Ok(frame) = FrameRepr::parse(payload) else {
+        let Ok(frame) = FrameView::parse(payload) else {
             return;
         };
         let network_id = frame.network_id;
@@ -1556,7 +1584,7 @@ impl Node {
             source_mac,
             our_mac,
             frame.ethertype,
-            &frame.payload,
+            frame.payload,
         );
         if decision.deliver {
             self.deliver(
@@ -1564,7 +1592,7 @@ impl Node {
                 our_mac,
                 source_mac,
                 frame.ethertype,
-                &frame.payload,
+                frame.payload,
             );
         }
     }
@@ -1765,10 +1793,9 @@ impl Node {
         ethertype: u16,
         payload: &[u8],
     ) {
-        self.events.push_back(Event::Frame {
-            network_id,
-            frame: ethernet_frame(dest, source, ethertype, payload),
-        });
+        let mut frame = self.take_buffer();
+        emit_ethernet_frame(&mut frame, dest, source, ethertype, payload);
+        self.events.push_back(Event::Frame { network_id, frame });
     }
 
     /// IPv6 NDP emulation (config flag 0x04): a Neighbor Solicitation for an RFC4193 or

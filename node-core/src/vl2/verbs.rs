@@ -52,13 +52,39 @@ pub struct FrameRepr {
     pub payload: Vec<u8>,
 }
 
-impl FrameRepr {
-    pub fn parse(payload: &[u8]) -> Result<Self, DecodeError> {
+/// A FRAME parsed in place: [`FrameRepr`] with the payload borrowed (the receive path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    pub network_id: NetworkId,
+    pub ethertype: u16,
+    pub payload: &'a [u8],
+}
+
+impl<'a> FrameView<'a> {
+    pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(payload);
         Ok(Self {
             network_id: read_nwid(&mut r)?,
             ethertype: r.u16("ethertype")?,
-            payload: r.rest().to_vec(),
+            payload: r.rest(),
+        })
+    }
+
+    /// Writes the FRAME payload for these fields, as [`FrameRepr::emit`] does.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.network_id.to_bytes());
+        out.extend_from_slice(&self.ethertype.to_be_bytes());
+        out.extend_from_slice(self.payload);
+    }
+}
+
+impl FrameRepr {
+    pub fn parse(payload: &[u8]) -> Result<Self, DecodeError> {
+        let view = FrameView::parse(payload)?;
+        Ok(Self {
+            network_id: view.network_id,
+            ethertype: view.ethertype,
+            payload: view.payload.to_vec(),
         })
     }
 

@@ -236,17 +236,20 @@ pub fn split_with(
     }
 
     emit(&packet[..mtu]);
-    let mut datagram = Vec::with_capacity(mtu);
+    // Pieces are assembled on the stack, so splitting allocates nothing (the data path's
+    // senders reuse their buffers). A piece is shorter than `mtu`, which is below `len`
+    // here, so it fits.
+    let mut datagram = [0u8; MAX_PACKET_LEN];
     for (index, data) in packet[mtu..].chunks(chunk).enumerate() {
-        datagram.clear();
-        datagram.extend_from_slice(&packet[..FRAGMENT_HEADER_LEN]);
-        datagram.extend_from_slice(data);
+        let datagram = &mut datagram[..FRAGMENT_HEADER_LEN + data.len()];
+        datagram[..FRAGMENT_HEADER_LEN].copy_from_slice(&packet[..FRAGMENT_HEADER_LEN]);
+        datagram[FRAGMENT_HEADER_LEN..].copy_from_slice(data);
         let mut fragment = Fragment::new_unchecked(&mut datagram[..]);
         fragment.set_indicator();
         // `pieces` and `index + 1` are at most 7: the casts cannot truncate.
         fragment.set_counters(index as u8 + 1, pieces as u8);
         fragment.set_hops(0);
-        emit(&datagram);
+        emit(datagram);
     }
     Ok(pieces)
 }

@@ -10,7 +10,10 @@
 //!   absent and are overwritten; 1.14 only ever overwrites on wrap-around.
 //! - A fragment must have `number < total` (1.14 only checks `number < 7`), and an assembly
 //!   longer than 10024 bytes is dropped here instead of overflowing a buffer and throwing.
-//! - A completed entry is freed at once; the caller parks packets that wait for a WHOIS.
+//! - A completed entry is emptied at once; the caller parks packets that wait for a WHOIS.
+//!   Entries keep their buffers for the next packet, and [`Reassembler::handle_head_into`] and
+//!   [`Reassembler::handle_fragment_into`] write a completed packet into the caller's buffer,
+//!   so steady-state reassembly allocates nothing.
 
 use super::fragment::{Fragment, MAX_FRAGMENTS};
 use super::packet::{Packet, MAX_PACKET_LEN};
@@ -28,42 +31,63 @@ struct Entry {
     /// `None` when the slot is free.
     packet_id: Option<u64>,
     created: Timestamp,
-    head: Option<Vec<u8>>,
-    /// Payloads (bytes 16..) of fragments 1..=6, at index `number - 1`.
-    fragments: [Option<Vec<u8>>; MAX_FRAGMENTS - 1],
+    /// The head datagram, valid when `has_head`.
+    head: Vec<u8>,
+    has_head: bool,
+    /// Payloads (bytes 16..) of fragments 1..=6, at index `number - 1`; fragment `n` is
+    /// here when bit `n - 1` of `have` is set.
+    fragments: [Vec<u8>; MAX_FRAGMENTS - 1],
+    have: u8,
     /// Total pieces, head included, as told by the latest fragment; 0 until one arrives.
     total: u8,
 }
 
 impl Entry {
+    /// Claims the entry for `packet_id`, keeping its buffers' capacity.
     fn reset(&mut self, packet_id: u64, now: Timestamp) {
-        *self = Self {
-            packet_id: Some(packet_id),
-            created: now,
-            ..Self::default()
-        };
+        self.empty();
+        self.packet_id = Some(packet_id);
+        self.created = now;
     }
 
-    /// The assembled packet, if the head and every fragment 1..total are here.
-    fn assemble(&self) -> Option<Vec<u8>> {
-        let head = self.head.as_ref()?;
-        if self.total < 2 {
-            return None;
+    /// Frees the slot, keeping its buffers' capacity.
+    fn empty(&mut self) {
+        self.packet_id = None;
+        self.has_head = false;
+        self.have = 0;
+        self.total = 0;
+        self.head.clear();
+        for fragment in &mut self.fragments {
+            fragment.clear();
         }
-        let fragments = &self.fragments[..usize::from(self.total) - 1];
-        let mut len = head.len();
-        for fragment in fragments {
-            len += fragment.as_ref()?.len();
+    }
+
+    fn has_fragment(&self, index: usize) -> bool {
+        self.have & (1 << index) != 0
+    }
+
+    /// Writes the assembled packet into `out` (cleared first), if the head and every
+    /// fragment 1..total are here and it is not too long.
+    fn assemble_into(&self, out: &mut Vec<u8>) -> bool {
+        if !self.has_head || self.total < 2 {
+            return false;
         }
+        let pieces = usize::from(self.total) - 1;
+        if !(0..pieces).all(|i| self.has_fragment(i)) {
+            return false;
+        }
+        let fragments = &self.fragments[..pieces];
+        let len = self.head.len() + fragments.iter().map(Vec::len).sum::<usize>();
         if len > MAX_PACKET_LEN {
-            return None;
+            return false;
         }
-        let mut packet = Vec::with_capacity(len);
-        packet.extend_from_slice(head);
-        for fragment in fragments.iter().flatten() {
-            packet.extend_from_slice(fragment);
+        out.clear();
+        out.reserve(len);
+        out.extend_from_slice(&self.head);
+        for fragment in fragments {
+            out.extend_from_slice(fragment);
         }
-        Some(packet)
+        true
     }
 }
 
@@ -103,33 +127,64 @@ impl Reassembler {
     /// Takes the head of a fragmented packet (a 28..=10024-byte datagram with the fragmented
     /// flag). Anything else is ignored. Returns the packet if this completed it.
     pub fn handle_head(&mut self, now: Timestamp, datagram: &[u8]) -> Option<Vec<u8>> {
-        let head = Packet::new_checked(datagram).ok()?;
+        let mut packet = Vec::new();
+        self.handle_head_into(now, datagram, &mut packet)
+            .then_some(packet)
+    }
+
+    /// As [`Reassembler::handle_head`], writing a completed packet into `out` (true when it
+    /// did; `out` is left alone otherwise).
+    pub fn handle_head_into(&mut self, now: Timestamp, datagram: &[u8], out: &mut Vec<u8>) -> bool {
+        let Ok(head) = Packet::new_checked(datagram) else {
+            return false;
+        };
         if !head.is_fragmented() {
-            return None;
+            return false;
         }
         let slot = self.find_or_claim(now, head.packet_id());
         let entry = &mut self.slots[slot];
-        if entry.head.is_some() {
-            return None; // duplicate head
+        if entry.has_head {
+            return false; // duplicate head
         }
-        entry.head = Some(datagram.to_vec());
-        self.finish_if_complete(slot)
+        entry.head.clear();
+        entry.head.extend_from_slice(datagram);
+        entry.has_head = true;
+        self.finish_if_complete(slot, out)
     }
 
     /// Takes a fragment datagram. Fragments with a bad header or counters 1.14 would drop are
     /// ignored. Returns the packet if this completed it.
     pub fn handle_fragment(&mut self, now: Timestamp, datagram: &[u8]) -> Option<Vec<u8>> {
-        let fragment = Fragment::new_checked(datagram).ok()?;
-        fragment.check_counters().ok()?;
+        let mut packet = Vec::new();
+        self.handle_fragment_into(now, datagram, &mut packet)
+            .then_some(packet)
+    }
+
+    /// As [`Reassembler::handle_fragment`], writing a completed packet into `out` (true when
+    /// it did; `out` is left alone otherwise).
+    pub fn handle_fragment_into(
+        &mut self,
+        now: Timestamp,
+        datagram: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Ok(fragment) = Fragment::new_checked(datagram) else {
+            return false;
+        };
+        if fragment.check_counters().is_err() {
+            return false;
+        }
         let index = usize::from(fragment.fragment_number()) - 1;
         let slot = self.find_or_claim(now, fragment.packet_id());
         let entry = &mut self.slots[slot];
-        if entry.fragments[index].is_some() {
-            return None; // duplicate fragment
+        if entry.has_fragment(index) {
+            return false; // duplicate fragment
         }
-        entry.fragments[index] = Some(fragment.payload().to_vec());
+        entry.fragments[index].clear();
+        entry.fragments[index].extend_from_slice(fragment.payload());
+        entry.have |= 1 << index;
         entry.total = fragment.total_fragments();
-        self.finish_if_complete(slot)
+        self.finish_if_complete(slot, out)
     }
 
     /// Frees the entries older than [`max_age`](Self::max_age), releasing their buffers.
@@ -167,19 +222,18 @@ impl Reassembler {
         slot
     }
 
-    fn finish_if_complete(&mut self, slot: usize) -> Option<Vec<u8>> {
+    fn finish_if_complete(&mut self, slot: usize, out: &mut Vec<u8>) -> bool {
         let entry = &mut self.slots[slot];
         let total = usize::from(entry.total);
-        let have_all = entry.head.is_some()
-            && total >= 2
-            && entry.fragments[..total - 1].iter().all(Option::is_some);
+        let have_all =
+            entry.has_head && total >= 2 && (0..total - 1).all(|i| entry.has_fragment(i));
         if !have_all {
-            return None;
+            return false;
         }
-        let packet = entry.assemble();
+        let assembled = entry.assemble_into(out);
         // Complete (or too long to ever be valid): either way the entry is done.
-        *entry = Entry::default();
-        packet
+        entry.empty();
+        assembled
     }
 }
 
