@@ -949,6 +949,12 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// When the first pending attach's wait runs out.
+    fn earliest_waiter(&self) -> Option<Instant> {
+        let plugin = self.plugin.as_ref()?;
+        plugin.waiters.iter().map(|w| w.deadline).min()
+    }
+
     /// The earliest deadline of all hosted nodes.
     fn next_deadline(&self) -> Timestamp {
         self.endpoints
@@ -1033,7 +1039,11 @@ impl<T: Transport> Driver<T> {
         self.flush().await?;
         loop {
             let deadline = self.next_deadline();
-            let wake = instant_of(deadline, wall_clock());
+            let mut wake = instant_of(deadline, wall_clock());
+            // An attach whose wait runs out is answered then, not at the next unrelated wake-up.
+            if let Some(waiter) = self.earliest_waiter() {
+                wake = wake.min(waiter);
+            }
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 received = self.transport.recv_batch(&mut datagrams) => match received {
