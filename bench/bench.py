@@ -558,21 +558,26 @@ def peak_rss_mib(pids):
     return peak / MIB
 
 
-def iperf(bed, link, args, duration, omit):
-    out = bed.exec(
-        link.client_ns,
-        ["iperf3", "-c", link.server_address, "-p", str(IPERF_PORT), "-J", "-t", str(duration),
-         "-O", str(omit), "--connect-timeout", "5000", *args],
-        timeout=duration + omit + 30,
-        check=False,
-    )
-    try:
-        result = json.loads(out)
-    except json.JSONDecodeError as error:
-        raise BenchError(f"iperf3 {' '.join(args)} to {link.server_address}: {out[-500:]}") from error
-    if "error" in result:
-        raise BenchError(f"iperf3 {' '.join(args)} to {link.server_address}: {result['error']}")
-    return result["end"]
+def iperf(bed, link, args, duration, omit, attempts=3):
+    """One iperf3 test (JSON `end`). A test whose control connection failed is tried again
+    after a pause: the server may still be closing the previous one."""
+    for attempt in range(1, attempts + 1):
+        out = bed.exec(
+            link.client_ns,
+            ["iperf3", "-c", link.server_address, "-p", str(IPERF_PORT), "-J", "-t",
+             str(duration), "-O", str(omit), "--connect-timeout", "5000", *args],
+            timeout=duration + omit + 30,
+            check=False,
+        )
+        try:
+            result = json.loads(out)
+        except json.JSONDecodeError:
+            result = {"error": out[-500:]}
+        if "error" not in result:
+            return result["end"]
+        log(f"  iperf3 {' '.join(args)} to {link.server_address} (try {attempt}): {result['error']}")
+        time.sleep(1)
+    raise BenchError(f"iperf3 {' '.join(args)} to {link.server_address}: {result['error']}")
 
 
 def measure_tcp(bed, link, streams, duration, omit):
