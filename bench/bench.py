@@ -261,7 +261,9 @@ def setup_wireguard(bed, hosts, program, system, subnet, tag):
     for index, host in enumerate(hosts):
         name = names[index]
         bed.wireguard_sockets.append(f"/var/run/wireguard/{name}.sock")
-        env = dict(os.environ, WG_PROCESS_FOREGROUND="1", WG_SUDO="1")
+        # (WG_LOG_FILE: boringtun-cli's log, which is otherwise a shared file in /tmp.)
+        env = dict(os.environ, WG_PROCESS_FOREGROUND="1", WG_SUDO="1",
+                   WG_LOG_FILE=os.path.join(bed.work, f"{name}.out"))
         processes.append(bed.spawn(host, [*program, name], f"{system}-h{index + 1}", env=env))
     for index, host in enumerate(hosts):
         name, other = names[index], 1 - index

@@ -212,10 +212,7 @@ fn rules_evaluation(c: &mut Criterion) {
         vlan_id: 0,
         data: &data,
     };
-    let tags = [TagValue {
-        id: 1000,
-        value: 7,
-    }];
+    let tags = [TagValue { id: 1000, value: 7 }];
     let outbound = FilterContext {
         this_node: SOURCE,
         direction: Direction::Outbound,
