@@ -27,6 +27,7 @@ Run it through bench/run.sh, which builds zt-agent and finds or installs the too
 """
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -251,7 +252,7 @@ def wireguard_keys():
     return private, public
 
 
-def setup_wireguard(bed, hosts, program, system, subnet, tag):
+def setup_wireguard(bed, hosts, program, system, subnet, tag, port):
     """Two userspace WireGuard nodes (wireguard-go or boringtun-cli), configured by wg."""
     keys = [wireguard_keys(), wireguard_keys()]
     # The UAPI sockets live in /var/run/wireguard, which every namespace shares: the names
@@ -274,9 +275,9 @@ def setup_wireguard(bed, hosts, program, system, subnet, tag):
             key.write(keys[index][0] + "\n")
         bed.exec(
             host,
-            ["wg", "set", name, "private-key", key_file, "listen-port", "51820",
+            ["wg", "set", name, "private-key", key_file, "listen-port", str(port),
              "peer", keys[other][1], "allowed-ips", f"{subnet}.{other + 1}/32",
-             "endpoint", f"{UNDERLAY}.{other + 1}:51820"],
+             "endpoint", f"{UNDERLAY}.{other + 1}:{port}"],
         )
         # The largest MTU a 1500-byte IPv4 underlay carries (60 bytes of WireGuard overhead).
         run(["ip", "-n", host, "addr", "add", f"{subnet}.{index + 1}/24", "dev", name])
@@ -287,12 +288,12 @@ def setup_wireguard(bed, hosts, program, system, subnet, tag):
 
 def setup_wireguard_go(bed, hosts, tools):
     program = [tools["wireguard-go"], "-f"]
-    return setup_wireguard(bed, hosts, program, "wireguard-go", "10.213.241", "wgg")
+    return setup_wireguard(bed, hosts, program, "wireguard-go", "10.213.241", "wgg", 51820)
 
 
 def setup_boringtun(bed, hosts, tools):
     program = [tools["boringtun"], "--foreground", "--disable-drop-privileges"]
-    return setup_wireguard(bed, hosts, program, "boringtun", "10.213.246", "btn")
+    return setup_wireguard(bed, hosts, program, "boringtun", "10.213.246", "btn", 51821)
 
 
 def setup_nebula(bed, hosts, tools):
@@ -724,9 +725,11 @@ def chart(report, path):
         axis.invert_yaxis()
         axis.set_title(f"{label} ({unit}, {'higher' if better else 'lower'} is better)",
                        fontsize=10)
-        for bar, value in zip(bars, values):
+        for bar, name in zip(bars, systems):
+            value = report["results"][name][key]
             axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                      f" {formatted(value, unit)}", va="center", fontsize=8)
+                      f" {formatted(value, unit) if value is not None else 'n/a'}",
+                      va="center", fontsize=8)
         axis.margins(x=0.25)
     figure.suptitle(f"zt-agent benchmark, {report['date']} ({report['mode']} mode, "
                     f"{report['settings']['rounds']} rounds; {report['machine']})", fontsize=11)
@@ -823,14 +826,30 @@ def main():
     current = None
     try:
         hosts = make_lan(bed)
-        links = {}
-        for name in systems:
-            current = name
-            log(f"setting up {name}")
-            started = time.monotonic()
-            links[name] = SYSTEMS[name](bed, hosts, tools)
-            log(f"{name} up in {time.monotonic() - started:.1f}s: server {links[name].server_address}")
-        current = None
+        # Set up side by side: most of it is waiting (for roots, controllers, handshakes).
+        started = time.monotonic()
+
+        def setup(name):
+            try:
+                link = SYSTEMS[name](bed, hosts, tools)
+            except BenchError as error:
+                raise BenchError(f"setting up {name}: {error}") from error
+            log(f"{name} up in {time.monotonic() - started:.1f}s: server {link.server_address}")
+            return link
+
+        log(f"setting up {', '.join(systems)}")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(systems)) as pool:
+            futures = {name: pool.submit(setup, name) for name in systems}
+            failures = []
+            for name, future in futures.items():
+                try:
+                    future.result()
+                except BenchError as error:
+                    failures.append((name, error))
+            if failures:
+                current = failures[0][0]
+                raise failures[0][1]
+            links = {name: future.result() for name, future in futures.items()}
         for server_ns in {link.server_ns for link in links.values()}:
             bed.spawn(server_ns, ["iperf3", "-s", "-p", str(IPERF_PORT)], f"iperf3-{server_ns}")
         for server_ns in {link.server_ns for link in links.values()}:

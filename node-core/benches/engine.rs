@@ -35,8 +35,8 @@ const SUITES: [(CipherSuite, &str); 3] = [
 ];
 
 const NETWORK: NetworkId = NetworkId(0x8056_c2e2_1c00_0001);
-const SOURCE: Address = Address::from_u64(0x89e9_2ceb_ab);
-const DESTINATION: Address = Address::from_u64(0x6d09_ce14_9c);
+const SOURCE: Address = Address::from_u64(0x89_e92c_ebab);
+const DESTINATION: Address = Address::from_u64(0x6d_09ce_149c);
 
 fn peer_key() -> PeerKey {
     let mut secret = [0u8; 48];
