@@ -818,6 +818,8 @@ def main():
         "command": " ".join(sys.argv),
         "machine": machine(),
         "settings": settings,
+        # Other work on the machine lowers every row: the load before and after says how much.
+        "load_average": {"start": list(os.getloadavg())},
         "systems": systems,
         "skipped": skipped,
         "results": {},
@@ -881,10 +883,13 @@ def main():
         log("cleaning up: processes, namespaces, " + work)
         bed.close()
 
+    report["load_average"]["end"] = list(os.getloadavg())
     os.makedirs(options.out, exist_ok=True)
     table = tables(report)
+    load = report["load_average"]
     heading = (f"{report['date']}, {report['mode']} mode, {settings['rounds']} rounds of "
-               f"{settings['duration']} s per test; {report['machine']}\n"
+               f"{settings['duration']} s per test; {report['machine']}; load average "
+               f"{load['start'][0]:.1f} before, {load['end'][0]:.1f} after\n"
                f"command: {report['command']}\n")
     if skipped:
         heading += "skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + "\n"

@@ -63,8 +63,13 @@ python=$cache/venv/bin/python3
 if ! "$python" -c 'import matplotlib' >/dev/null 2>&1; then
     echo "==> matplotlib (PyPI) into $cache/venv, for the chart"
     rm -rf "$cache/venv"
-    python3 -m venv "$cache/venv"
-    "$cache/venv/bin/pip" install --quiet --disable-pip-version-check matplotlib
+    if ! { python3 -m venv "$cache/venv" &&
+        "$cache/venv/bin/pip" install --quiet --disable-pip-version-check matplotlib; }; then
+        # The measurements do not need it: go on without the chart rather than fail.
+        echo "matplotlib could not be installed: no chart this time" >&2
+        rm -rf "$cache/venv"
+        python=python3
+    fi
 fi
 
 agent=${ZT_AGENT_BIN:-}
