@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 UNDERLAY = "10.213.240"  # the hosts' LAN (inside the bench's namespaces only)
@@ -58,6 +59,10 @@ METRICS = [
 ]
 
 OURS = ("zt-agent", "zt-container")
+
+# Set on SIGINT/SIGTERM: setups waiting in other threads give up at once, so that the
+# cleanup is not held up.
+STOPPING = threading.Event()
 
 
 class BenchError(Exception):
@@ -93,6 +98,8 @@ def wait_for(what, check, timeout, poll=0.2):
     deadline = time.monotonic() + timeout
     last_error = None
     while True:
+        if STOPPING.is_set():
+            raise BenchError(f"{what}: interrupted")
         try:
             value = check()
             if value:
@@ -186,6 +193,25 @@ class Testbed:
             return ""
         with open(path, errors="replace") as log_file:
             return "".join(log_file.readlines()[-lines:])
+
+
+def remove_stale_testbeds():
+    """Deletes the namespaces of earlier runs that were killed before they could clean up
+    (named ztbench-<pid>-..., their pid gone)."""
+    for line in run(["ip", "netns", "list"], check=False).splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "ztbench" or not parts[1].isdigit():
+            continue
+        if os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        for pid in run(["ip", "netns", "pids", name], check=False).split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        log(f"removing {name}, left by a killed run")
+        run(["ip", "netns", "del", name], check=False)
 
 
 class Link:
@@ -804,10 +830,12 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"the bench needs {tool}")
 
+    remove_stale_testbeds()
     work = tempfile.mkdtemp(prefix="ztbench.")
     bed = Testbed(work)
 
     def stop(signum, _frame):
+        STOPPING.set()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
