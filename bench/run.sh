@@ -30,7 +30,7 @@ short=
 for arg in "$@"; do
     [ "$arg" != --short ] || short=1
 done
-cache=${ZT_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/zt-bench}
+cache=${ZT_BENCH_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/zt-bench}
 mkdir -p "$cache"
 
 missing=()
