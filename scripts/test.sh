@@ -47,6 +47,12 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+# The benchmark's short run (bench/run.sh --short): iperf3 and the peers it measures.
+command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
+command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
+command -v nebula >/dev/null 2>&1 || missing+=(nebula)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then
@@ -96,6 +102,28 @@ manifest_status=0
 "$repo/scripts/validate-manifests.sh" || manifest_status=1
 elapsed
 
+# --- Benchmark, short mode ------------------------------------------------------------------
+# One round of one-second tests of every system, with the debug zt-agent built above: it must
+# set every system up and measure it; it asserts no speed. boringtun-cli joins in only when a
+# full run has already installed it (cargo install is too slow for CI).
+bench_status=0
+step_start=$SECONDS
+step "benchmark, short mode: bench/run.sh --short (measures, asserts no speed)"
+if [ "$(id -u)" -eq 0 ]; then
+    target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir == /* ]] || target_dir=$repo/$target_dir
+    bench_out=$(mktemp -d)
+    ZT_AGENT_BIN=$target_dir/debug/zt-agent "$repo/bench/run.sh" --short --out "$bench_out" ||
+        bench_status=1
+    rm -rf "$bench_out"
+elif [ -n "${CI:-}" ]; then
+    echo "the benchmark needs root (network namespaces), and CI must run it" >&2
+    bench_status=1
+else
+    echo "SKIPPED (needs root and network namespaces; runs in CI)"
+fi
+elapsed
+
 # --- Fuzz smoke ------------------------------------------------------------------------------
 fuzz_status=0
 if [ "$fuzz_seconds" -gt 0 ]; then
@@ -128,6 +156,10 @@ if [ "$test_status" -ne 0 ]; then
 fi
 if [ "$manifest_status" -ne 0 ]; then
     echo "manifest validation failed" >&2
+    exit 1
+fi
+if [ "$bench_status" -ne 0 ]; then
+    echo "the benchmark's short run failed" >&2
     exit 1
 fi
 if [ "$fuzz_status" -ne 0 ]; then
