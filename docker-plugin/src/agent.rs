@@ -1,6 +1,7 @@
 //! The plugin's side of zt-agent's plugin API (`docs/plugin-api.md`): the operations it uses
-//! behind a trait (so that tests can stand in for the agent), and [`UnixAgent`], an async
-//! HTTP/1.1 client over the agent's Unix socket.
+//! behind a trait (so that tests can stand in for the agent), and [`UnixAgent`], which
+//! reaches the agent through the agent's own client (`zt_agent::plugin_client`: hyper over
+//! hyperlocal).
 //!
 //! `attach`, `status` and `gc` use the agent's own types. `detach` with `keepIdentity` and
 //! `sandbox` (`docs/docker-plugin-design.md`, section 3) have request types of their own
@@ -13,23 +14,17 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::UnixStream;
 use zt_agent::plugin_api::{
     ApiError, AttachRequest, ContainerId, DetachResponse, Endpoint, EndpointKey, ErrorCode,
-    GcRequest, GcResponse, InterfaceName, Status, API_PREFIX, ATTACH_GRACE,
+    GcRequest, GcResponse, InterfaceName, Status, ATTACH_GRACE,
 };
+use zt_agent::plugin_client::{AsyncPluginClient, ClientError};
 
 /// Deadline of an operation other than attach.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest answer read from the agent.
-const MAX_ANSWER: usize = 16 << 20;
 
 /// The future of an agent operation.
 pub type AgentFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, AgentError>> + Send + 'a>>;
@@ -164,6 +159,8 @@ impl UnixAgent {
         &self.socket
     }
 
+    /// One request through the agent's own client (hyper over hyperlocal), with its
+    /// errors told in this plugin's terms.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -171,76 +168,24 @@ impl UnixAgent {
         body: Option<&B>,
         limit: Duration,
     ) -> Result<T, AgentError> {
-        let exchange = self.exchange(method, operation, body);
-        match tokio::time::timeout(limit, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(AgentError::Timeout {
-                operation,
-                after: limit,
-            }),
-        }
-    }
-
-    async fn exchange<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        operation: &'static str,
-        body: Option<&B>,
-    ) -> Result<T, AgentError> {
-        let broken = |problem: String| AgentError::Exchange { operation, problem };
-        let body = match body {
-            Some(body) => serde_json::to_vec(body)
-                .map_err(|e| broken(format!("cannot encode the request: {e}")))?,
-            None => Vec::new(),
-        };
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| AgentError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let client = AsyncPluginClient::new(&self.socket).with_timeout(self.timeout);
+        client
+            .call(method, operation, body, limit)
             .await
-            .map_err(|e| broken(e.to_string()))?;
-        // The connection is driven by its own task until the answer is read; it ends with
-        // the sender.
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("agent connection ended: {e}");
-            }
-        });
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{API_PREFIX}/{operation}"))
-            .header(HOST, "zt-agent");
-        if !body.is_empty() {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| broken(e.to_string()))?;
-        let answer = sender
-            .send_request(request)
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        let status = answer.status();
-        let bytes = Limited::new(answer.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| broken(format!("cannot read the answer: {e}")))?
-            .to_bytes();
-        if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| broken(format!("undecodable answer: {e}")));
-        }
-        match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(error) => Err(AgentError::Api(error)),
-            Err(_) => Err(broken(format!(
-                "HTTP {status} with body {:?}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-            ))),
-        }
+            .map_err(|error| match error {
+                ClientError::Connect { socket, source } => {
+                    AgentError::Unreachable { socket, source }
+                }
+                ClientError::Timeout { after, .. } => AgentError::Timeout { operation, after },
+                ClientError::Api { error, .. } => AgentError::Api(error),
+                ClientError::Io { source, .. } => AgentError::Exchange {
+                    operation,
+                    problem: source.to_string(),
+                },
+                ClientError::Protocol { problem, .. } => {
+                    AgentError::Exchange { operation, problem }
+                }
+            })
     }
 }
 
