@@ -460,6 +460,28 @@ pub fn generate_identity(home: &Path) -> String {
     address
 }
 
+/// Makes the homes `names` under `dir`, each with a new identity and the same planet, whose
+/// only root is the first home's node, at `root_ip` and `port`; returns their paths.
+pub fn make_homes(dir: &Path, names: &[&str], root_ip: Ipv4Addr, port: u16) -> Vec<PathBuf> {
+    let homes: Vec<PathBuf> = names.iter().map(|name| dir.join(name)).collect();
+    for home in &homes {
+        fs::create_dir_all(home)
+            .unwrap_or_else(|error| panic!("cannot make {}: {error}", home.display()));
+        generate_identity(home);
+    }
+    let root = homes.first().expect("at least one home");
+    let planet = make_planet(
+        dir,
+        &root.join("identity.public"),
+        &[format!("{root_ip}/{port}")],
+    );
+    for home in &homes {
+        fs::copy(&planet, home.join("planet"))
+            .unwrap_or_else(|error| panic!("cannot copy the planet: {error}"));
+    }
+    homes
+}
+
 /// Makes a planet with `zt-agent mkworld` whose only root is the identity in
 /// `root_public` (an identity.public file), reachable at `endpoints` ("ip/port").
 /// Writes the description and the planet into `dir` and returns the planet's path.
@@ -687,6 +709,19 @@ impl<'ns> Agent<'ns> {
     pub fn is_online(&self) -> bool {
         self.info()
             .is_ok_and(|info| info["online"].as_bool() == Some(true))
+    }
+
+    /// Waits up to 30 s for the node to come online; fails the test (with the agent's log,
+    /// printed when this agent is dropped) if it does not.
+    pub fn expect_online(&self) {
+        assert!(
+            wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+                self.is_online().then_some(())
+            })
+            .is_some(),
+            "the agent in {} never came online",
+            self.netns.name()
+        );
     }
 }
 

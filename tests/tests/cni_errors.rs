@@ -22,10 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use zt_agent::plugin_client::PluginClient;
-use zt_e2e::{
-    generate_identity, make_planet, require_privileged, wait_until, Agent, Lan, Netns, TempDir,
-    AGENT_PORT,
-};
+use zt_e2e::{make_homes, require_privileged, wait_until, Agent, Lan, Netns, TempDir, AGENT_PORT};
 
 /// The newest spec version, which the plugin echoes when the request has none it can read.
 const LATEST_CNI_VERSION: &str = "1.1.0";
@@ -212,15 +209,7 @@ fn listed_keys(agent: &Agent<'_>) -> Vec<String> {
 
 fn start_agent<'a>(host: &'a Netns, home: &Path, args: &[&str]) -> Agent<'a> {
     let agent = Agent::start_with(host, home, AGENT_PORT, args);
-    assert!(
-        wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
-            agent.is_online().then_some(())
-        })
-        .is_some(),
-        "agent in {} never came online:\n{}",
-        host.name(),
-        agent.log()
-    );
+    agent.expect_online();
     agent
 }
 
@@ -241,15 +230,7 @@ fn plugin_errors_against_a_real_agent_leave_nothing_behind() {
     let lan = Lan::new("cnierr", 1);
     let host = lan.host(0);
     let work = TempDir::new("cnierr");
-    let home = work.path().join("root");
-    fs::create_dir_all(&home).expect("home");
-    generate_identity(&home);
-    let planet = make_planet(
-        work.path(),
-        &home.join("identity.public"),
-        &[format!("{}/{AGENT_PORT}", lan.ip(0))],
-    );
-    fs::copy(&planet, home.join("planet")).expect("planet");
+    let home = make_homes(work.path(), &["root"], lan.ip(0), AGENT_PORT).remove(0);
     // The agent is its own controller and authorizes its endpoints with its own token.
     let token_file = home.join("authtoken.secret");
     fs::write(&token_file, format!("e2eerr{:018}", std::process::id())).expect("token");

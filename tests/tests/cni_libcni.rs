@@ -21,10 +21,7 @@ use node_core::vl2::NetworkId;
 use serde_json::{json, Value};
 use zt_agent::plugin_api::AttachRequest;
 use zt_agent::plugin_client::PluginClient;
-use zt_e2e::{
-    generate_identity, make_planet, require_privileged, wait_until, Agent, Lan, Netns, TempDir,
-    AGENT_PORT,
-};
+use zt_e2e::{make_homes, require_privileged, wait_until, Agent, Lan, Netns, TempDir, AGENT_PORT};
 
 /// Where Debian's reference plugins (portmap) live.
 const DEBIAN_CNI_PLUGINS: &str = "/usr/lib/cni";
@@ -257,22 +254,7 @@ fn libcni_drives_the_plugin_on_two_hosts() {
 
     let lan = Lan::new("cni", 2);
     let work = TempDir::new("cni");
-    let homes: Vec<_> = ["root", "host"]
-        .iter()
-        .map(|n| work.path().join(n))
-        .collect();
-    for home in &homes {
-        fs::create_dir_all(home).expect("home");
-        generate_identity(home);
-    }
-    let planet = make_planet(
-        work.path(),
-        &homes[0].join("identity.public"),
-        &[format!("{}/{AGENT_PORT}", lan.ip(0))],
-    );
-    for home in &homes {
-        fs::copy(&planet, home.join("planet")).expect("planet");
-    }
+    let homes = make_homes(work.path(), &["root", "host"], lan.ip(0), AGENT_PORT);
     // The root's local API token, written before it starts so that both agents can be given
     // it as controller credentials (the root keeps an existing token).
     let token_file = homes[0].join("authtoken.secret");
@@ -291,14 +273,7 @@ fn libcni_drives_the_plugin_on_two_hosts() {
     let mut root = Agent::start_with(lan.host(0), &homes[0], AGENT_PORT, &root_args);
     let mut host = Agent::start_with(lan.host(1), &homes[1], AGENT_PORT, &credentials);
     for agent in [&root, &host] {
-        assert!(
-            wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
-                agent.is_online().then_some(())
-            })
-            .is_some(),
-            "agent in {} never came online",
-            agent.netns().name()
-        );
+        agent.expect_online();
     }
     // The network's addresses must not overlap the LAN's 10.213.<subnet>.0/24.
     let zt_subnet = if lan.subnet() == 241 { 242 } else { 241 };

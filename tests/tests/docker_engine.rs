@@ -33,8 +33,8 @@ use serde_json::json;
 use zt_agent::plugin_api::{AttachRequest, Endpoint};
 use zt_agent::plugin_client::PluginClient;
 use zt_e2e::{
-    agent_binary, generate_identity, make_planet, require_privileged, wait_until, Agent, Lan,
-    Netns, TempDir, AGENT_PORT,
+    agent_binary, make_homes, require_privileged, wait_until, Agent, Lan, Netns, TempDir,
+    AGENT_PORT,
 };
 
 const DOCKERD: &str = "/usr/sbin/dockerd";
@@ -386,14 +386,7 @@ fn ipv4_of(endpoint: &Endpoint) -> String {
 
 fn start_agent<'a>(host: &'a Netns, home: &Path) -> Agent<'a> {
     let agent = Agent::start(host, home, AGENT_PORT);
-    assert!(
-        wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
-            agent.is_online().then_some(())
-        })
-        .is_some(),
-        "agent never came online:\n{}",
-        agent.log()
-    );
+    agent.expect_online();
     agent
 }
 
@@ -405,22 +398,7 @@ fn docker_containers_on_a_zerotier_network() {
     let started = Instant::now();
     let lan = Lan::new("dk", 2);
     let work = TempDir::new("dk");
-    let homes: Vec<_> = ["root", "docker"]
-        .iter()
-        .map(|n| work.path().join(n))
-        .collect();
-    for home in &homes {
-        fs::create_dir_all(home).expect("home");
-        generate_identity(home);
-    }
-    let planet = make_planet(
-        work.path(),
-        &homes[0].join("identity.public"),
-        &[format!("{}/{AGENT_PORT}", lan.ip(0))],
-    );
-    for home in &homes {
-        fs::copy(&planet, home.join("planet")).expect("planet");
-    }
+    let homes = make_homes(work.path(), &["root", "docker"], lan.ip(0), AGENT_PORT);
     let root = start_agent(lan.host(0), &homes[0]);
     let mut docker_agent = Some(start_agent(lan.host(1), &homes[1]));
     let docker_host = lan.host(1);

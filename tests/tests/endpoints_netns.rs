@@ -9,7 +9,6 @@
 //! IPs and answers pings again; restarted with controller credentials, the second host
 //! authorizes a new container's endpoint by itself.
 
-use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -21,10 +20,7 @@ use zt_agent::plugin_api::{
     SandboxRequest,
 };
 use zt_agent::plugin_client::{ClientError, PluginClient};
-use zt_e2e::{
-    generate_identity, make_planet, require_privileged, wait_until, Agent, Lan, Netns, TempDir,
-    AGENT_PORT,
-};
+use zt_e2e::{make_homes, require_privileged, wait_until, Agent, Lan, Netns, TempDir, AGENT_PORT};
 
 fn attach_request(nwid: NetworkId, key: &str, container: &Netns, wait: u64) -> AttachRequest {
     let mut request = AttachRequest::new(
@@ -134,23 +130,7 @@ fn containers_attach_ping_and_survive_a_restart() {
     }
     let lan = Lan::new("ep", 2);
     let work = TempDir::new("ep");
-    let homes: Vec<_> = ["root", "host"]
-        .iter()
-        .map(|n| work.path().join(n))
-        .collect();
-    let mut addresses = Vec::new();
-    for home in &homes {
-        fs::create_dir_all(home).expect("home");
-        addresses.push(generate_identity(home));
-    }
-    let planet = make_planet(
-        work.path(),
-        &homes[0].join("identity.public"),
-        &[format!("{}/{AGENT_PORT}", lan.ip(0))],
-    );
-    for home in &homes {
-        fs::copy(&planet, home.join("planet")).expect("planet");
-    }
+    let homes = make_homes(work.path(), &["root", "host"], lan.ip(0), AGENT_PORT);
     // The controller's API answers the other host too (for its controller credentials).
     let root = Agent::start_with(
         lan.host(0),
@@ -160,13 +140,7 @@ fn containers_attach_ping_and_survive_a_restart() {
     );
     let mut host = Agent::start(lan.host(1), &homes[1], AGENT_PORT);
     for agent in [&root, &host] {
-        assert!(
-            wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
-                agent.is_online().then_some(())
-            })
-            .is_some(),
-            "agent never came online"
-        );
+        agent.expect_online();
     }
     let created = root
         .api(

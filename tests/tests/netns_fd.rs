@@ -20,8 +20,7 @@ use serde_json::json;
 use zt_agent::plugin_api::{AttachRequest, Endpoint, EndpointRef, ErrorCode};
 use zt_agent::plugin_client::{ClientError, PluginClient};
 use zt_e2e::{
-    generate_identity, make_planet, require_privileged, run_command, wait_until, Agent, Lan, Netns,
-    TempDir, AGENT_PORT,
+    make_homes, require_privileged, run_command, wait_until, Agent, Lan, Netns, TempDir, AGENT_PORT,
 };
 
 fn attach_request(nwid: NetworkId, key: &str, netns: Option<PathBuf>) -> AttachRequest {
@@ -98,22 +97,7 @@ fn a_namespace_given_by_descriptor_is_pinned_and_survives_a_restart() {
     }
     let lan = Lan::new("fd", 2);
     let work = TempDir::new("fd");
-    let homes: Vec<_> = ["root", "host"]
-        .iter()
-        .map(|n| work.path().join(n))
-        .collect();
-    for home in &homes {
-        fs::create_dir_all(home).expect("home");
-        generate_identity(home);
-    }
-    let planet = make_planet(
-        work.path(),
-        &homes[0].join("identity.public"),
-        &[format!("{}/{AGENT_PORT}", lan.ip(0))],
-    );
-    for home in &homes {
-        fs::copy(&planet, home.join("planet")).expect("planet");
-    }
+    let homes = make_homes(work.path(), &["root", "host"], lan.ip(0), AGENT_PORT);
     let pins_dir = homes[1].join("netns");
     let _cleanup = PinsCleanup(pins_dir.clone());
     let root = Agent::start_with(
@@ -140,13 +124,7 @@ fn a_namespace_given_by_descriptor_is_pinned_and_survives_a_restart() {
     ];
     let mut host = Agent::start_keeping_mounts(lan.host(1), &homes[1], AGENT_PORT, &host_args);
     for agent in [&root, &host] {
-        assert!(
-            wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
-                agent.is_online().then_some(())
-            })
-            .is_some(),
-            "agent never came online"
-        );
+        agent.expect_online();
     }
     let created = root
         .api(
