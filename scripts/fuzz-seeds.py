@@ -16,6 +16,7 @@ The input formats are the fuzz targets' own (see fuzz/fuzz_targets/*.rs):
   rules     0 and a binary rule list, or 1 and a JSON rule list
   plugin_api  a selector byte (0 attach, 1 detach, 2 check, 3 sandbox, 4 gc) and the body
   controller_api  JSON bodies separated by NUL, posted to the network and member in turn
+  local_api  0 and a POST /network/<nwid> body, or 1 and a local.conf file
   cni       NAME=VALUE lines, NUL, the network config on stdin
   docker    calls separated by NUL, each a method byte (see fuzz_targets/docker.rs) and body
 """
@@ -108,6 +109,13 @@ def json_seeds(capture: Path, seeds):
                              "tags": [[1, 2]], "capabilities": [1], "activeBridge": True}),
     ]
 
+    seeds["local_api"] += [
+        b"\x00" + compact({"allowManaged": False, "allowGlobal": True, "allowDefault": True,
+                           "allowDNS": True}),
+        b"\x00",
+        b"\x01allowManaged=0\nallowGlobal=1\nallowDefault=true\nallowDNS=1\n",
+    ]
+
     nwid = "8056c2e21c000001"
     attach = {"network": nwid, "key": "k8s/default/web", "containerId": "abc123",
               "netns": "/var/run/netns/cni-1", "ifName": "eth0", "mtu": 2800, "wait": 30,
@@ -164,7 +172,7 @@ def main():
     corpus_dir = Path(sys.argv[2])
     seeds = {"packet": [], "fragment": [], "identity": [], "world": [],
              "netconfig": [], "credentials": [], "dictionary": [], "rules": [],
-             "plugin_api": [], "controller_api": [], "cni": [], "docker": []}
+             "plugin_api": [], "controller_api": [], "cni": [], "docker": [], "local_api": []}
 
     vectors = json.loads((data_dir / "zt-vl1-packet-vectors.json").read_text())
     # Keys are "<case>.<field>", values hex (or "1"/"0" for outcomes).

@@ -47,7 +47,9 @@ fuzz_target!(|data: &[u8]| {
             // Whatever the runtime passes, a key is either refused or valid.
             if let Ok(key) = endpoint_key(&args, container_id, if_name) {
                 assert!(
-                    key.as_str().parse::<zt_agent::plugin_api::EndpointKey>().is_ok(),
+                    key.as_str()
+                        .parse::<zt_agent::plugin_api::EndpointKey>()
+                        .is_ok(),
                     "an endpoint key does not read back: {key}"
                 );
             }

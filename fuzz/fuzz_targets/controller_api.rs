@@ -30,8 +30,12 @@ fn identities() -> &'static (Identity, Identity) {
     IDENTITIES.get_or_init(|| {
         let parse = |text: &str| text.trim().parse::<Identity>().expect("a capture identity");
         (
-            parse(include_str!("../../tests/data/capture-1.14.1/a.identity.secret")),
-            parse(include_str!("../../tests/data/capture-1.14.1/b.identity.secret")),
+            parse(include_str!(
+                "../../tests/data/capture-1.14.1/a.identity.secret"
+            )),
+            parse(include_str!(
+                "../../tests/data/capture-1.14.1/b.identity.secret"
+            )),
         )
     })
 }

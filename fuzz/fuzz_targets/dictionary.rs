@@ -21,7 +21,11 @@ fuzz_target!(|bytes: &[u8]| {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone());
-        assert_eq!(dictionary.get(key), first, "a lookup is not the first entry");
+        assert_eq!(
+            dictionary.get(key),
+            first,
+            "a lookup is not the first entry"
+        );
         let _ = (
             dictionary.u64(key),
             dictionary.i64(key),

@@ -14,8 +14,7 @@ use node_core::vl2::rules_json::{rule_from_json, rules_from_json, rules_to_json}
 fn binary_round_trip(rules: &[Rule]) {
     let mut emitted = Vec::new();
     emit_rules(rules, &mut emitted);
-    let again =
-        parse_rules(&emitted).unwrap_or_else(|e| panic!("emitted rules do not parse: {e}"));
+    let again = parse_rules(&emitted).unwrap_or_else(|e| panic!("emitted rules do not parse: {e}"));
     assert_eq!(again, rules, "re-emitted rules differ");
 }
 
