@@ -10,6 +10,15 @@ The input formats are the fuzz targets' own (see fuzz/fuzz_targets/*.rs):
             length and its bytes
   identity  an identity in text form or in binary form
   world     a serialized world (planet or moon)
+  dictionary, netconfig  a dictionary's bytes
+  credentials  a selector byte (0 COM, 1 capability, 2 tag, 3 revocation, 4 COO, 5 rules)
+            and the credential's bytes
+  rules     0 and a binary rule list, or 1 and a JSON rule list
+  plugin_api  a selector byte (0 attach, 1 detach, 2 check, 3 sandbox, 4 gc) and the body
+  controller_api  JSON bodies separated by NUL, posted to the network and member in turn
+  local_api  0 and a POST /network/<nwid> body, or 1 and a local.conf file
+  cni       NAME=VALUE lines, NUL, the network config on stdin
+  docker    calls separated by NUL, each a method byte (see fuzz_targets/docker.rs) and body
 """
 
 import hashlib
@@ -74,13 +83,96 @@ def length_prefixed(datagrams, delay=0):
     return b"".join(struct.pack("!BH", delay, len(d)) + d for d in datagrams)
 
 
+def compact(value):
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def json_seeds(capture: Path, seeds):
+    """The JSON targets' seeds: the controller records of the capture, and bodies as the
+    plugin API, CNI and libnetwork documents show them."""
+    networks = [json.loads(p.read_text()) for p in sorted(capture.glob("controller-network-*.json"))]
+    members = [json.loads(p.read_text()) for p in sorted(capture.glob("controller-member-*.json"))]
+    rules = json.loads((capture / "controller-rules-rich-revision1.json").read_text())
+    seeds["rules"].append(b"\x01" + compact(rules))
+    seeds["rules"] += [b"\x01" + compact(rule) for rule in rules]
+    for network in networks:
+        seeds["rules"].append(b"\x01" + compact(network.get("rules", [])))
+        for member in members:
+            seeds["controller_api"].append(compact(network) + b"\x00" + compact(member))
+    seeds["controller_api"] += [
+        b"{}\x00{\"authorized\":true}",
+        compact({"name": "n", "private": True, "v4AssignMode": {"zt": True},
+                 "ipAssignmentPools": [{"ipRangeStart": "10.0.0.1", "ipRangeEnd": "10.0.0.9"}],
+                 "routes": [{"target": "10.0.0.0/24", "via": None}],
+                 "v6AssignMode": {"rfc4193": True, "6plane": True, "zt": False}})
+        + b"\x00" + compact({"authorized": True, "ipAssignments": ["10.0.0.3"],
+                             "tags": [[1, 2]], "capabilities": [1], "activeBridge": True}),
+    ]
+
+    seeds["local_api"] += [
+        b"\x00" + compact({"allowManaged": False, "allowGlobal": True, "allowDefault": True,
+                           "allowDNS": True}),
+        b"\x00",
+        b"\x01allowManaged=0\nallowGlobal=1\nallowDefault=true\nallowDNS=1\n",
+    ]
+
+    nwid = "8056c2e21c000001"
+    attach = {"network": nwid, "key": "k8s/default/web", "containerId": "abc123",
+              "netns": "/var/run/netns/cni-1", "ifName": "eth0", "mtu": 2800, "wait": 30,
+              "owner": "cni", "defaultRoute": True, "hostAccess": True,
+              "extraIps": ["10.1.0.5/24"], "extraRoutes": [{"dst": "10.2.0.0/16", "gateway": "10.1.0.1"}]}
+    for selector, body in [
+        (0, attach),
+        (0, {"network": nwid, "key": "docker/x", "containerId": "abc", "netnsFd": 3, "ifName": "eth1"}),
+        (1, {"key": "k8s/default/web", "containerId": "abc123", "ifName": "eth0", "network": nwid,
+             "keepIdentity": True}),
+        (2, {"containerId": "abc123", "ifName": "eth0"}),
+        (3, {"key": "docker/x", "containerId": "abc", "ifName": "eth0", "sandbox": "/var/run/docker/netns/1"}),
+        (4, {"owner": "cni", "network": nwid, "valid": ["k8s/default/web"],
+             "validAttachments": [{"containerId": "abc123", "ifName": "eth0"}]}),
+    ]:
+        seeds["plugin_api"].append(bytes([selector]) + compact(body))
+
+    env = (b"CNI_COMMAND=ADD\nCNI_CONTAINERID=abc123\nCNI_IFNAME=eth0\n"
+           b"CNI_NETNS=/var/run/netns/cni-1\nCNI_PATH=/opt/cni/bin:/usr/lib/cni\n"
+           b"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\n")
+    conf = {"cniVersion": "1.0.0", "name": "zt", "type": "zerotier", "network": nwid,
+            "agentSocket": "/run/zt-agent/plugin.sock", "mtu": 2800, "defaultRoute": True,
+            "hostAccess": False, "attachWait": 60, "pendingDeleteDir": "/var/lib/x",
+            "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"},
+            "dns": {"nameservers": ["10.0.0.1"], "domain": "z", "search": ["z"], "options": ["ndots:2"]},
+            "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], "ips": []},
+            "cni.dev/valid-attachments": [{"containerID": "abc123", "ifname": "eth0"}]}
+    seeds["cni"] += [env + b"\x00" + compact(conf), compact(conf),
+                     env.replace(b"ADD", b"GC") + b"\x00" + compact({"cniVersion": "1.1.0", "name": "zt", "network": nwid})]
+
+    # The docker target's method bytes: 0 CreateNetwork, 4 CreateEndpoint, 7 Join, 8 Leave,
+    # 5 DeleteEndpoint, 1 DeleteNetwork, 11 RequestPool, 13 RequestAddress, 14 ReleaseAddress.
+    pool = {"AddressSpace": "zerotier", "Pool": "", "SubPool": "", "V6": False,
+            "Options": {"zerotier.network": nwid}}
+    create = {"NetworkID": "d0c", "Options": {"com.docker.network.generic": {"zerotier.network": nwid,
+              "com.docker.network.driver.mtu": "2800"}},
+              "IPv4Data": [{"AddressSpace": "zerotier", "Pool": "10.147.17.0/24",
+                            "Gateway": "10.147.17.1/24"}], "IPv6Data": []}
+    endpoint = {"NetworkID": "d0c", "EndpointID": "e1", "Interface": {"Address": "10.147.17.5/24"},
+                "Options": {"zerotier.key": "web"}}
+    calls = [(11, pool), (13, {"PoolID": "zerotier-" + nwid, "Address": "", "Options": {}}),
+             (0, create), (4, endpoint),
+             (7, {"NetworkID": "d0c", "EndpointID": "e1", "SandboxKey": "/var/run/docker/netns/1"}),
+             (8, {"NetworkID": "d0c", "EndpointID": "e1"}), (5, {"NetworkID": "d0c", "EndpointID": "e1"}),
+             (1, {"NetworkID": "d0c"})]
+    seeds["docker"].append(b"\x00".join(bytes([m]) + compact(b) for m, b in calls))
+    seeds["docker"] += [bytes([m]) + compact(b) for m, b in calls]
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     data_dir = Path(sys.argv[1])
     corpus_dir = Path(sys.argv[2])
     seeds = {"packet": [], "fragment": [], "identity": [], "world": [],
-             "netconfig": [], "credentials": []}
+             "netconfig": [], "credentials": [], "dictionary": [], "rules": [],
+             "plugin_api": [], "controller_api": [], "cni": [], "docker": [], "local_api": []}
 
     vectors = json.loads((data_dir / "zt-vl1-packet-vectors.json").read_text())
     # Keys are "<case>.<field>", values hex (or "1"/"0" for outcomes).
@@ -134,6 +226,7 @@ def main():
             continue
         if key.startswith("network config dictionary") or key.startswith("dictionary example"):
             seeds["netconfig"].append(raw)
+            seeds["dictionary"].append(raw)
         elif key.startswith("COM") and "serialized" in key:
             seeds["credentials"].append(b"\x00" + raw)
         elif key.startswith("Capability serialized"):
@@ -146,6 +239,9 @@ def main():
             seeds["credentials"].append(b"\x04" + raw)
         elif key.startswith("rule["):
             seeds["credentials"].append(b"\x05" + raw)
+            seeds["rules"].append(b"\x00" + raw)
+
+    json_seeds(capture, seeds)
 
     for target, inputs in seeds.items():
         directory = corpus_dir / target

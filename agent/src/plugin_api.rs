@@ -1632,7 +1632,9 @@ async fn bounded<T>(
         })
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// Reads a request body as every POST route does (public for the fuzz targets): an empty
+/// body is an error, not `{}`.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid("a JSON body is required"));
     }
