@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzing node-core's parsers with cargo-fuzz (libFuzzer + AddressSanitizer) on the machine's
+# Fuzzing the parsers (node-core, the agent's APIs, the CNI and Docker plugins) with cargo-fuzz (libFuzzer + AddressSanitizer) on the machine's
 # stable toolchain.
 #
 #   scripts/fuzz.sh smoke              every target for $FUZZ_SECONDS (default 20) seconds
