@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzing the parsers (node-core, the agent's APIs, the CNI and Docker plugins) with cargo-fuzz (libFuzzer + AddressSanitizer) on the machine's
-# stable toolchain.
+# Fuzzing the parsers (node-core, the agent's APIs, the CNI and Docker plugins) with cargo-fuzz
+# (libFuzzer + AddressSanitizer) on the machine's stable toolchain.
 #
 #   scripts/fuzz.sh smoke              every target for $FUZZ_SECONDS (default 20) seconds
 #   scripts/fuzz.sh run TARGET [ARGS]  one target until stopped; ARGS go to libFuzzer
