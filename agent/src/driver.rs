@@ -976,8 +976,7 @@ impl<T: Transport> Driver<T> {
     }
 
     /// One datagram, to the node it is addressed to.
-    fn handle_datagram(&mut self, from: SocketAddr, data: &[u8]) {
-        let now = wall_clock();
+    fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, data: &[u8]) {
         match datagram_destination(data).and_then(|a| self.endpoints.get_mut(&a)) {
             Some(endpoint) => endpoint.node.handle_datagram(now, from, data),
             None => self.node.handle_datagram(now, from, data),
@@ -1037,21 +1036,33 @@ impl<T: Transport> Driver<T> {
         let applied = self.plugin.as_ref().map(|p| p.applied.clone());
         // Anything the node queued at construction (first HELLOs) goes out now.
         self.flush().await?;
+        // One timer for the whole run, moved only when what it waits for changes: making a
+        // new one every turn cost a timer-wheel insert and removal per packet.
+        let timer = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(timer);
+        // The deadline and waiter the timer is set for; `None` after it fired.
+        let mut armed: Option<(Timestamp, Option<Instant>)> = None;
         loop {
             let deadline = self.next_deadline();
-            let mut wake = instant_of(deadline, wall_clock());
             // An attach whose wait runs out is answered then, not at the next unrelated wake-up.
-            if let Some(waiter) = self.earliest_waiter() {
-                wake = wake.min(waiter);
+            let waiter = self.earliest_waiter();
+            if armed != Some((deadline, waiter)) {
+                let mut wake = instant_of(deadline, wall_clock());
+                if let Some(waiter) = waiter {
+                    wake = wake.min(waiter);
+                }
+                timer.as_mut().reset(wake.into());
+                armed = Some((deadline, waiter));
             }
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 received = self.transport.recv_batch(&mut datagrams) => match received {
                     Ok(()) => {
+                        let now = wall_clock();
                         for (from, data) in datagrams.iter() {
                             // Slots of datagrams that could not be used are empty.
                             if !data.is_empty() {
-                                self.handle_datagram(from, data);
+                                self.handle_datagram(now, from, data);
                             }
                         }
                     }
@@ -1092,7 +1103,9 @@ impl<T: Transport> Driver<T> {
                     self.scan_multicast_groups();
                     self.answer_waiters();
                 }
-                () = tokio::time::sleep_until(wake.into()) => {
+                () = &mut timer => {
+                    // Set again next turn, also when it fired a little before the deadline.
+                    armed = None;
                     let now = wall_clock();
                     if now >= deadline {
                         self.handle_timeouts(now);

@@ -369,7 +369,12 @@ fn run(
         socket,
         controller_credentials,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs every task: a frame then moves from its tap reader to the driver and
+    // out of the UDP socket without waking another thread, which on a busy machine cost more
+    // latency (each wake-up waits for a core) than a second worker ever gained. Blocking work
+    // (file writes, identity generation) still goes to tokio's blocking pool, and netlink
+    // has a thread of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

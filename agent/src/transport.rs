@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
@@ -285,34 +286,36 @@ fn try_send_batch(
     picked: &[usize],
 ) -> io::Result<usize> {
     let count = picked.len().min(BATCH);
-    let names: [SockAddr; BATCH] = std::array::from_fn(|i| {
-        let to = picked
-            .get(i)
-            .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |&j| {
-                datagrams[j].to
-            });
-        SockAddr::from(to)
-    });
-    // SAFETY: all-zero bytes are a valid value of these plain C structs.
-    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    // Only the `count` entries the kernel reads are written: building all BATCH addresses
+    // and zeroing all BATCH headers cost several kilobytes of memset per call, most of it
+    // for a batch of one or two datagrams.
+    let mut names = [const { MaybeUninit::<SockAddr>::uninit() }; BATCH];
+    let mut iovecs = [const { MaybeUninit::<libc::iovec>::uninit() }; BATCH];
+    let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; BATCH];
     for (i, &j) in picked.iter().take(count).enumerate() {
         let data = &datagrams[j].data;
+        let name = names[i].write(SockAddr::from(datagrams[j].to));
+        let (name_ptr, name_len) = (name.as_ptr(), name.len());
         // The kernel only reads through these pointers (sendmmsg).
-        iovecs[i].iov_base = data.as_ptr().cast_mut().cast();
-        iovecs[i].iov_len = data.len();
-        headers[i].msg_hdr.msg_name = names[i].as_ptr().cast_mut().cast();
-        headers[i].msg_hdr.msg_namelen = names[i].len();
-        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
+        let iovec = iovecs[i].write(libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        });
+        // SAFETY: all-zero bytes are a valid value of this plain C struct.
+        let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        header.msg_hdr.msg_name = name_ptr.cast_mut().cast();
+        header.msg_hdr.msg_namelen = name_len;
+        header.msg_hdr.msg_iov = iovec;
+        header.msg_hdr.msg_iovlen = 1;
+        headers[i].write(header);
     }
-    // SAFETY: the first `count` headers point at datagrams and addresses that live until
-    // the call returns; sendmmsg reads them and writes only each header's msg_len.
+    // SAFETY: the first `count` headers are initialized (the loop above wrote one for each
+    // picked datagram) and point at datagrams and addresses that live until the call
+    // returns; sendmmsg reads only those `count` and writes only each one's msg_len.
     let sent = unsafe {
         libc::sendmmsg(
             socket.as_raw_fd(),
-            headers.as_mut_ptr(),
+            headers.as_mut_ptr().cast::<libc::mmsghdr>(),
             count as libc::c_uint,
             libc::MSG_DONTWAIT,
         )
