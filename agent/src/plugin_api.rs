@@ -606,30 +606,39 @@ impl EndpointRef {
 
     /// Whether `endpoint` is the one referred to: every field given matches.
     pub fn matches(&self, endpoint: &Endpoint) -> bool {
-        self.key.as_ref().is_none_or(|key| *key == endpoint.key)
-            && self
-                .container_id
-                .as_ref()
-                .is_none_or(|id| *id == endpoint.container_id)
-            && self
-                .if_name
-                .as_ref()
-                .is_none_or(|name| *name == endpoint.if_name)
-            && self.network.is_none_or(|nwid| nwid == endpoint.network)
+        self.names(
+            &endpoint.key,
+            &endpoint.container_id,
+            &endpoint.if_name,
+            endpoint.network,
+        )
     }
 
     /// Whether this names the attachment `request` made.
     pub fn matches_request(&self, request: &AttachRequest) -> bool {
-        self.key.as_ref().is_none_or(|key| *key == request.key)
+        self.names(
+            &request.key,
+            &request.container_id,
+            &request.if_name,
+            request.network,
+        )
+    }
+
+    /// Whether every field given equals its counterpart of an attachment.
+    fn names(
+        &self,
+        key: &EndpointKey,
+        container_id: &ContainerId,
+        if_name: &InterfaceName,
+        network: NetworkId,
+    ) -> bool {
+        self.key.as_ref().is_none_or(|k| k == key)
             && self
                 .container_id
                 .as_ref()
-                .is_none_or(|id| *id == request.container_id)
-            && self
-                .if_name
-                .as_ref()
-                .is_none_or(|name| *name == request.if_name)
-            && self.network.is_none_or(|nwid| nwid == request.network)
+                .is_none_or(|id| id == container_id)
+            && self.if_name.as_ref().is_none_or(|name| name == if_name)
+            && self.network.is_none_or(|nwid| nwid == network)
     }
 }
 
