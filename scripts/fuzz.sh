@@ -31,6 +31,17 @@ seed() {
     python3 "$repo/scripts/fuzz-seeds.py" "$repo/tests/data" "$repo/fuzz/corpus"
 }
 
+# The docker target keeps its state folder in /dev/shm/zt-fuzz-docker-<pid>; libFuzzer exits
+# without running destructors, so the folders of finished runs are removed here.
+remove_stale_state() {
+    local dir
+    for dir in /dev/shm/zt-fuzz-docker-*; do
+        [ -d "$dir" ] || continue
+        kill -0 "${dir##*-}" 2>/dev/null || rm -rf "$dir"
+    done
+}
+trap remove_stale_state EXIT
+
 # libFuzzer options shared by every run: a hang is a failure too.
 common_options=(-timeout=10 -rss_limit_mb=2048 -max_len=16384)
 
@@ -64,6 +75,7 @@ smoke)
             failed+=("$target")
         fi
         rm -f "$log"
+        remove_stale_state
     done
     if ((${#failed[@]})); then
         echo "fuzz targets that failed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
