@@ -588,10 +588,7 @@ impl Sim {
     pub fn public_address(&self, id: HostId, to: SocketAddr) -> Option<SocketAddr> {
         let host = &self.hosts[id];
         let nat = &self.nats[host.nat?];
-        let key = (
-            host.local,
-            (nat.kind == NatKind::Symmetric).then_some(to),
-        );
+        let key = (host.local, (nat.kind == NatKind::Symmetric).then_some(to));
         nat.mappings
             .get(&key)
             .map(|port| SocketAddr::new(nat.public_ip, *port))

@@ -295,6 +295,15 @@ fn members_outlive_the_controller_until_their_credentials_disagree() {
         !lab.deliver_with_retries(b, a, "fresh to stale", 5, Millis(2_000)),
         "a refuses b's COM for the same reason"
     );
+    // The cut is the credentials, not the link: VL1 between them still works.
+    let addr_b = lab.sim.address_of(b);
+    lab.sim
+        .with_node(a, |n, now| n.send_echo(now, addr_b, b"still there"));
+    lab.sim.run_for(Millis(1_000));
+    assert!(lab.sim.host(a).events.iter().any(|e| matches!(
+        e,
+        node_core::node::Event::EchoReply { from, .. } if *from == addr_b
+    )));
 
     // a reaches the controller again: it refreshes, presents its new COM, and both talk.
     lab.policy.borrow_mut().ignored.clear();

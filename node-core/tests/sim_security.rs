@@ -39,7 +39,14 @@ fn attacker_address() -> SocketAddr {
 }
 
 /// A packet from `sender` to `receiver` armored with `key` (the right one or not).
-fn craft(source: Address, dest: Address, verb: Verb, payload: &[u8], key: &PeerKey, id: u64) -> Vec<u8> {
+fn craft(
+    source: Address,
+    dest: Address,
+    verb: Verb,
+    payload: &[u8],
+    key: &PeerKey,
+    id: u64,
+) -> Vec<u8> {
     let mut packet = Vec::new();
     emit_header(&mut packet, id.to_be_bytes(), dest, source, verb);
     packet.extend_from_slice(payload);
@@ -66,7 +73,13 @@ fn frame_payload(lab: &Lab, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn ext_frame_payload(lab: &Lab, com: Option<CertificateOfMembership>, to: Mac, from: Mac, payload: &[u8]) -> Vec<u8> {
+fn ext_frame_payload(
+    lab: &Lab,
+    com: Option<CertificateOfMembership>,
+    to: Mac,
+    from: Mac,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     ExtFrameRepr {
         network_id: lab.nwid,
@@ -157,7 +170,11 @@ fn replayed_datagrams_learn_no_path_and_do_not_roll_back_the_config() {
         lab.applied_configs(a).iter().any(|c| c.name == "second"),
         "a applied the second config before the third"
     );
-    assert!(old.len() > 20, "the capture holds the setup ({})", old.len());
+    assert!(
+        old.len() > 20,
+        "the capture holds the setup ({})",
+        old.len()
+    );
 
     let a_local = lab.sim.host(a).local;
     let now = lab.sim.now();
@@ -194,7 +211,10 @@ fn replayed_datagrams_learn_no_path_and_do_not_roll_back_the_config() {
     assert!(
         applied.windows(2).all(|w| w[0].timestamp < w[1].timestamp),
         "a never applied an older config: {:?}",
-        applied.iter().map(|c| (c.timestamp, &c.name)).collect::<Vec<_>>()
+        applied
+            .iter()
+            .map(|c| (c.timestamp, &c.name))
+            .collect::<Vec<_>>()
     );
     assert_eq!(lab.status(a), Some(NetworkStatus::Ok));
     assert!(lab.sim.host(a).node.is_online(lab.sim.now()));
@@ -262,7 +282,14 @@ fn a_stranger_cannot_inject_frames() {
         before,
         "nothing from the stranger reaches a's port"
     );
-    assert!(lab.sim.host(a).node.metrics().dropped(DropReason::MacFailure) >= 2);
+    assert!(
+        lab.sim
+            .host(a)
+            .node
+            .metrics()
+            .dropped(DropReason::MacFailure)
+            >= 2
+    );
     assert!(lab.deliver_with_retries(b, a, "still genuine", 3, Millis(1_000)));
 }
 
@@ -284,7 +311,12 @@ fn a_member_cannot_send_from_another_members_mac() {
     assert!(lab.deliver_with_retries(b, a, "credentials", 3, Millis(1_000)));
 
     // b's port sending with c's MAC: the node does not send it.
-    let spoofed = frame(lab.mac(a), lab.mac(c), 0x0800, &ipv4_packet(lab.ip(c), lab.ip(a), b"port"));
+    let spoofed = frame(
+        lab.mac(a),
+        lab.mac(c),
+        0x0800,
+        &ipv4_packet(lab.ip(c), lab.ip(a), b"port"),
+    );
     let sent = lab.sim.stats.sent;
     lab.send_frame(b, spoofed);
     assert_eq!(lab.sim.stats.sent, sent, "b's node sends nothing for it");
@@ -295,11 +327,25 @@ fn a_member_cannot_send_from_another_members_mac() {
     let body = ipv4_packet(lab.ip(b), lab.ip(a), b"crafted");
     let before = lab.frames_at(a).len();
     let ext = ext_frame_payload(&lab, None, lab.mac(a), lab.mac(c), &body);
-    inject(&mut lab, b_local, a, craft(addr_b, addr_a, Verb::ExtFrame, &ext, &key_ba, 0x5555));
-    assert_eq!(lab.frames_at(a).len(), before, "a drops a frame from c's MAC sent by b");
+    inject(
+        &mut lab,
+        b_local,
+        a,
+        craft(addr_b, addr_a, Verb::ExtFrame, &ext, &key_ba, 0x5555),
+    );
+    assert_eq!(
+        lab.frames_at(a).len(),
+        before,
+        "a drops a frame from c's MAC sent by b"
+    );
 
     let ext = ext_frame_payload(&lab, None, lab.mac(a), lab.mac(b), &body);
-    inject(&mut lab, b_local, a, craft(addr_b, addr_a, Verb::ExtFrame, &ext, &key_ba, 0x6666));
+    inject(
+        &mut lab,
+        b_local,
+        a,
+        craft(addr_b, addr_a, Verb::ExtFrame, &ext, &key_ba, 0x6666),
+    );
     assert_eq!(
         lab.frames_at(a),
         lab.frames_at(a)[..before]
@@ -368,7 +414,12 @@ fn rules_requiring_ip_ownership_drop_frames_from_ips_the_sender_does_not_own() {
     let b_local = lab.sim.host(b).local;
     let key_ba = key_between(&lab, b, a);
     let payload = frame_payload(&lab, 0x0800, &not_owned);
-    inject(&mut lab, b_local, a, craft(addr_b, addr_a, Verb::Frame, &payload, &key_ba, 0x7777));
+    inject(
+        &mut lab,
+        b_local,
+        a,
+        craft(addr_b, addr_a, Verb::Frame, &payload, &key_ba, 0x7777),
+    );
     assert_eq!(
         lab.frames_at(a).len(),
         before,
@@ -377,7 +428,12 @@ fn rules_requiring_ip_ownership_drop_frames_from_ips_the_sender_does_not_own() {
     // The crafted path works for an owned IP (so the drop above is the rule's doing).
     let owned = ipv4_packet(lab.ip(b), lab.ip(a), b"mine, crafted");
     let payload = frame_payload(&lab, 0x0800, &owned);
-    inject(&mut lab, b_local, a, craft(addr_b, addr_a, Verb::Frame, &payload, &key_ba, 0x8888));
+    inject(
+        &mut lab,
+        b_local,
+        a,
+        craft(addr_b, addr_a, Verb::Frame, &payload, &key_ba, 0x8888),
+    );
     assert_eq!(
         lab.frames_at(a).last(),
         Some(&frame(lab.mac(a), lab.mac(b), 0x0800, &owned))

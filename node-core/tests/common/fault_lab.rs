@@ -93,7 +93,8 @@ pub(crate) fn config_for(
     config.multicast_limit = 32;
     config.flags = FLAG_ENABLE_BROADCAST;
     config.name = policy.name.clone();
-    let mut com = CertificateOfMembership::new(now.as_millis() as u64, policy.max_delta, nwid, member);
+    let mut com =
+        CertificateOfMembership::new(now.as_millis() as u64, policy.max_delta, nwid, member);
     com.sign(controller).expect("controller has its secret");
     config.com = Some(com);
     config.static_ips = vec![InetAddress::Ip(SocketAddr::new(IpAddr::V4(ip), 24))];
@@ -169,7 +170,8 @@ impl Lab {
                         return;
                     }
                     let answer = if policy.authorized.contains(&address) {
-                        let config = config_for(&controller_id, *network_id, requester, now, &policy);
+                        let config =
+                            config_for(&controller_id, *network_id, requester, now, &policy);
                         policy.answered.push((address, config.timestamp));
                         ConfigAnswer::Config(Box::new(config))
                     } else {
@@ -217,7 +219,11 @@ impl Lab {
     }
 
     pub(crate) fn status(&self, host: HostId) -> Option<NetworkStatus> {
-        self.sim.host(host).node.network(self.nwid).map(|n| n.status)
+        self.sim
+            .host(host)
+            .node
+            .network(self.nwid)
+            .map(|n| n.status)
     }
 
     pub(crate) fn mac(&self, host: HostId) -> Mac {
@@ -284,17 +290,19 @@ impl Lab {
     }
 
     /// True if `host` has an active path to `other` at `remote`.
-    pub(crate) fn has_active_path_at(&self, host: HostId, other: HostId, remote: SocketAddr) -> bool {
+    pub(crate) fn has_active_path_at(
+        &self,
+        host: HostId,
+        other: HostId,
+        remote: SocketAddr,
+    ) -> bool {
         let target = self.sim.address_of(other);
         self.sim
             .host(host)
             .node
             .peers(self.sim.now())
             .iter()
-            .any(|p| {
-                p.address == target
-                    && p.paths.iter().any(|x| x.active && x.address == remote)
-            })
+            .any(|p| p.address == target && p.paths.iter().any(|x| x.active && x.address == remote))
     }
 
     /// True if `host` has an active direct path to `other` (wherever it leads).
