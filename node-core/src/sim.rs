@@ -136,6 +136,8 @@ pub struct Sim {
     /// Every delivered datagram, when capturing.
     captured: Option<Vec<Captured>>,
     pub stats: SimStats,
+    /// Hosts taken offline and what that dropped (see the fault injection block below).
+    faults: Faults,
 }
 
 /// Deterministic identities for tests: the same seed gives the same identities.
@@ -198,6 +200,7 @@ impl Sim {
             validate_identities: true,
             captured: None,
             stats: SimStats::default(),
+            faults: Faults::default(),
         };
         for (i, identity) in roots.into_iter().enumerate() {
             sim.add_host_at(identity, root_address(i), None, |_| {});
@@ -428,6 +431,10 @@ impl Sim {
                 SocketAddr::new(nat.public_ip, port)
             }
         };
+        if self.faults.offline.contains(&id) {
+            self.faults.dropped_offline += 1;
+            return;
+        }
         if self.chance(self.link.loss) {
             self.stats.lost += 1;
             return;
@@ -482,6 +489,10 @@ impl Sim {
             self.stats.unroutable += 1;
             return;
         };
+        if self.faults.offline.contains(&id) {
+            self.faults.dropped_offline += 1;
+            return;
+        }
         self.stats.delivered += 1;
         if let Some(log) = &mut self.captured {
             log.push(Captured {
@@ -501,5 +512,117 @@ impl Sim {
             return false;
         }
         (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Fault injection: hosts going off and on line, NAT rebinding, changing links, and datagrams
+// injected from any address (replays, forgeries). Kept apart from the core loop above, which
+// only consults `Faults` on the way out of a host and on the way into one.
+
+/// What tests broke on purpose, and what it cost.
+#[derive(Default)]
+struct Faults {
+    /// Hosts whose datagrams, both ways, are dropped.
+    offline: HashSet<HostId>,
+    /// Datagrams dropped because their sender or receiver was offline.
+    dropped_offline: u64,
+    /// Datagrams handed to [`Sim::inject`].
+    injected: u64,
+}
+
+impl Sim {
+    /// Takes a host off the network (`online == false`) or puts it back. While offline,
+    /// every datagram it sends and every datagram that reaches it is dropped, as if its
+    /// cable were pulled; its node keeps running (timers fire, state is kept), so when it
+    /// comes back it carries on from where it was, as a machine whose uplink flapped does.
+    /// Datagrams already on the wire when it goes offline are still delivered elsewhere.
+    pub fn set_online(&mut self, id: HostId, online: bool) {
+        if online {
+            self.faults.offline.remove(&id);
+        } else {
+            self.faults.offline.insert(id);
+        }
+    }
+
+    /// False while a host is offline (see [`Sim::set_online`]).
+    pub fn is_connected(&self, id: HostId) -> bool {
+        !self.faults.offline.contains(&id)
+    }
+
+    /// Datagrams dropped because their sender or receiver was offline.
+    pub fn dropped_offline(&self) -> u64 {
+        self.faults.dropped_offline
+    }
+
+    /// Datagrams injected with [`Sim::inject`] so far.
+    pub fn injected(&self) -> u64 {
+        self.faults.injected
+    }
+
+    /// How links behave now.
+    pub fn link(&self) -> LinkConfig {
+        self.link
+    }
+
+    /// Changes how every link behaves from now on; datagrams in flight keep their delivery
+    /// time. Lets a test set up on clean links and then turn on loss, or the reverse.
+    pub fn set_link(&mut self, link: LinkConfig) {
+        self.link = link;
+    }
+
+    /// Adds a node at a chosen address (e.g. a moon's root at its stable endpoint, or an
+    /// attacker at a known address), optionally behind its own NAT.
+    pub fn add_node_at(
+        &mut self,
+        identity: Identity,
+        local: SocketAddr,
+        nat: Option<NatKind>,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> HostId {
+        self.add_host_at(identity, local, nat, configure)
+    }
+
+    /// The public address a NATed host's traffic to `to` leaves from now, if it has a
+    /// mapping for it; `None` for a host without a NAT or before it sent anything to `to`.
+    pub fn public_address(&self, id: HostId, to: SocketAddr) -> Option<SocketAddr> {
+        let host = &self.hosts[id];
+        let nat = &self.nats[host.nat?];
+        let key = (host.local, (nat.kind == NatKind::Symmetric).then_some(to));
+        nat.mappings
+            .get(&key)
+            .map(|port| SocketAddr::new(nat.public_ip, *port))
+    }
+
+    /// NAT rebinding: the host's NAT forgets every mapping and filter entry (as a NAT does
+    /// when it reboots or its mappings time out), so the next datagrams leave from fresh
+    /// public ports, and datagrams to the old ones are dropped. With `new_public_ip` the NAT
+    /// also moves to that public address (a new DHCP lease, a mobile handover); it must not
+    /// be used by any other host. Returns false if the host has no NAT.
+    pub fn rebind_nat(&mut self, id: HostId, new_public_ip: Option<IpAddr>) -> bool {
+        let Some(n) = self.hosts[id].nat else {
+            return false;
+        };
+        let nat = &mut self.nats[n];
+        nat.mappings.clear();
+        nat.reverse.clear();
+        nat.permitted.clear();
+        if let Some(ip) = new_public_ip {
+            self.nat_by_ip.remove(&nat.public_ip);
+            nat.public_ip = ip;
+            self.nat_by_ip.insert(ip, n);
+        }
+        true
+    }
+
+    /// Delivers `data` to `to` at time `at` (or now, if `at` has passed) as if `from` had
+    /// sent it: the way to replay captured datagrams or forge new ones, from any address.
+    /// The link's loss, duplication and delay do not apply; NAT filtering at `to` and an
+    /// offline receiver do.
+    pub fn inject(&mut self, at: Timestamp, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.faults.injected += 1;
+        self.seq += 1;
+        self.queue.push(Reverse((at.max(self.now), self.seq)));
+        self.in_flight.insert(self.seq, InFlight { from, to, data });
     }
 }

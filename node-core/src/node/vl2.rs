@@ -992,6 +992,16 @@ impl Node {
         let Some(network) = self.networks.get_mut(&network_id) else {
             return;
         };
+        // An older config than ours is a replay (its signed chunks can be sent again by
+        // anyone who saw them) or a stale answer overtaken by a newer one: keep ours, and do
+        // not count it as news from the controller.
+        if network
+            .config
+            .as_ref()
+            .is_some_and(|current| current.timestamp > config.timestamp)
+        {
+            return;
+        }
         network.last_config_received = Some(now);
         let status_changed = network.status != NetworkStatus::Ok;
         network.status = NetworkStatus::Ok;
