@@ -100,7 +100,10 @@ impl EndpointStore {
             hex::encode(key)
         } else {
             use sha2::Digest;
-            format!("sha256-{}", hex::encode(sha2::Sha256::digest(key.as_bytes())))
+            format!(
+                "sha256-{}",
+                hex::encode(sha2::Sha256::digest(key.as_bytes()))
+            )
         };
         Ok(self.dir.join(format!("{name}.json")))
     }

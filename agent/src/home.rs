@@ -46,7 +46,10 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// are left as they are.
 pub fn create_dir_with_mode(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
 }
 
 /// Length of a generated auth token, as ZeroTier One makes them.

@@ -563,7 +563,11 @@ pub fn check_namespace_path(field: &str, path: &Path) -> Result<(), ApiError> {
     match problem {
         Some(problem) => Err(ApiError::invalid(format!(
             "{field} {:?} {problem}",
-            path.display().to_string().chars().take(128).collect::<String>()
+            path.display()
+                .to_string()
+                .chars()
+                .take(128)
+                .collect::<String>()
         ))),
         None => Ok(()),
     }

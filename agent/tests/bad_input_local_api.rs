@@ -31,16 +31,44 @@ fn routes() -> Vec<(&'static str, String, Vec<u8>)> {
         ("GET", format!("/network/{network}"), Vec::new()),
         ("POST", "/network/8056c2e21c0000aa".into(), body(json!({}))),
         ("PUT", "/network/8056c2e21c0000aa".into(), body(json!({}))),
-        ("POST", format!("/network/{network}"), body(json!({"allowDNS": true}))),
+        (
+            "POST",
+            format!("/network/{network}"),
+            body(json!({"allowDNS": true})),
+        ),
         ("DELETE", format!("/network/{network}"), Vec::new()),
         ("GET", "/controller".into(), Vec::new()),
         ("GET", "/controller/network".into(), Vec::new()),
-        ("POST", "/controller/network".into(), body(json!({"name": "x"}))),
-        ("POST", "/controller/network/8e4df28b72______".into(), body(json!({}))),
-        ("GET", "/controller/network/8e4df28b72000001".into(), Vec::new()),
-        ("POST", "/controller/network/8e4df28b72000001".into(), body(json!({"private": false}))),
-        ("DELETE", "/controller/network/8e4df28b72000001".into(), Vec::new()),
-        ("GET", "/controller/network/8e4df28b72000001/member".into(), Vec::new()),
+        (
+            "POST",
+            "/controller/network".into(),
+            body(json!({"name": "x"})),
+        ),
+        (
+            "POST",
+            "/controller/network/8e4df28b72______".into(),
+            body(json!({})),
+        ),
+        (
+            "GET",
+            "/controller/network/8e4df28b72000001".into(),
+            Vec::new(),
+        ),
+        (
+            "POST",
+            "/controller/network/8e4df28b72000001".into(),
+            body(json!({"private": false})),
+        ),
+        (
+            "DELETE",
+            "/controller/network/8e4df28b72000001".into(),
+            Vec::new(),
+        ),
+        (
+            "GET",
+            "/controller/network/8e4df28b72000001/member".into(),
+            Vec::new(),
+        ),
         (
             "GET",
             format!("/controller/network/8e4df28b72000001/member/{member}"),
@@ -100,7 +128,10 @@ async fn every_route_needs_the_token_and_refusals_change_nothing() {
         ("wrong token in X-ZT1-Auth", Carrier::Header("wrong")),
         ("empty token in X-ZT1-Auth", Carrier::Header("")),
         ("token prefix", Carrier::Header("sekrit0123456789abcdef")),
-        ("token with more", Carrier::Header("sekrit0123456789abcdefghi")),
+        (
+            "token with more",
+            Carrier::Header("sekrit0123456789abcdefghi"),
+        ),
         ("wrong token in ?auth=", Carrier::Query("wrong")),
         ("empty ?auth=", Carrier::Query("")),
         ("wrong bearer", Carrier::Bearer("wrong")),
@@ -113,19 +144,42 @@ async fn every_route_needs_the_token_and_refusals_change_nothing() {
                 continue;
             }
             let (status, answer) = call(api.port, carrier, method, &path, &body).await;
-            assert_eq!((status, answer.as_str()), (401, "{}"), "{method} {path} with {what}");
+            assert_eq!(
+                (status, answer.as_str()),
+                (401, "{}"),
+                "{method} {path} with {what}"
+            );
         }
     }
-    assert_eq!(api.driven.requests(), requests, "a refused request reached the node");
+    assert_eq!(
+        api.driven.requests(),
+        requests,
+        "a refused request reached the node"
+    );
     assert_eq!(api.driven.networks(), networks);
-    assert_eq!(files_under(&api.home), files, "the controller's files changed");
+    assert_eq!(
+        files_under(&api.home),
+        files,
+        "the controller's files changed"
+    );
 
     // The right token, in each carrier ZeroTier One accepts, opens a read-only route.
-    for carrier in [Carrier::Header(TOKEN), Carrier::Query(TOKEN), Carrier::Bearer(TOKEN)] {
+    for carrier in [
+        Carrier::Header(TOKEN),
+        Carrier::Query(TOKEN),
+        Carrier::Bearer(TOKEN),
+    ] {
         let (status, _) = call(api.port, carrier, "GET", "/network", b"").await;
         assert_eq!(status, 200, "{carrier:?}");
     }
-    let (status, _) = call(api.port, Carrier::Header(METRICS_TOKEN), "GET", "/metrics", b"").await;
+    let (status, _) = call(
+        api.port,
+        Carrier::Header(METRICS_TOKEN),
+        "GET",
+        "/metrics",
+        b"",
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
@@ -138,11 +192,46 @@ async fn bad_bodies_and_ids_are_refused_and_change_nothing() {
     let oversized = vec![b' '; zt_agent::api::MAX_BODY + 1];
     // (what, method, path, body, status, the message says)
     let cases: Vec<(&str, &str, String, Vec<u8>, u16, &str)> = vec![
-        ("bad JSON", "POST", new_network.into(), b"{\"allowManaged\":".to_vec(), 400, "bad JSON"),
-        ("an array", "POST", new_network.into(), b"[]".to_vec(), 400, "JSON object"),
-        ("a string", "POST", new_network.into(), b"\"join\"".to_vec(), 400, "JSON object"),
-        ("a number", "POST", new_network.into(), b"5".to_vec(), 400, "JSON object"),
-        ("null", "POST", new_network.into(), b"null".to_vec(), 400, "JSON object"),
+        (
+            "bad JSON",
+            "POST",
+            new_network.into(),
+            b"{\"allowManaged\":".to_vec(),
+            400,
+            "bad JSON",
+        ),
+        (
+            "an array",
+            "POST",
+            new_network.into(),
+            b"[]".to_vec(),
+            400,
+            "JSON object",
+        ),
+        (
+            "a string",
+            "POST",
+            new_network.into(),
+            b"\"join\"".to_vec(),
+            400,
+            "JSON object",
+        ),
+        (
+            "a number",
+            "POST",
+            new_network.into(),
+            b"5".to_vec(),
+            400,
+            "JSON object",
+        ),
+        (
+            "null",
+            "POST",
+            new_network.into(),
+            b"null".to_vec(),
+            400,
+            "JSON object",
+        ),
         (
             "a setting as a string",
             "POST",
@@ -175,22 +264,134 @@ async fn bad_bodies_and_ids_are_refused_and_change_nothing() {
             400,
             "allowDefault",
         ),
-        ("oversized body", "POST", new_network.into(), oversized.clone(), 413, "body over"),
-        ("oversized echo", "POST", "/echo/1122334455".into(), vec![0; 5000], 413, "ECHO payload"),
-        ("short network ID", "POST", "/network/8056c2e21c00000".into(), b"{}".to_vec(), 400, "not a network ID"),
-        ("long network ID", "POST", "/network/8056c2e21c0000011".into(), b"{}".to_vec(), 400, "not a network ID"),
-        ("signed network ID", "POST", "/network/+056c2e21c000001".into(), b"{}".to_vec(), 400, "not a network ID"),
-        ("network ID not hex", "DELETE", "/network/8056c2e21c00000g".into(), Vec::new(), 400, "not a network ID"),
-        ("network ID climbing", "POST", "/network/..%2f..%2fetc".into(), b"{}".to_vec(), 400, "not a network ID"),
-        ("network ID with NUL", "POST", "/network/8056c2e21c0000%00".into(), b"{}".to_vec(), 400, "not a network ID"),
-        ("a network's child", "POST", format!("{joined}/x"), b"{}".to_vec(), 404, "no such endpoint"),
-        ("bad peer address", "GET", "/peer/11223344".into(), Vec::new(), 400, "not a ZeroTier address"),
-        ("reserved peer address", "GET", "/peer/ff00000001".into(), Vec::new(), 400, "not a ZeroTier address"),
-        ("signed peer address", "GET", "/peer/+122334455".into(), Vec::new(), 400, "not a ZeroTier address"),
-        ("bad echo address", "POST", "/echo/../x".into(), Vec::new(), 404, "no such endpoint"),
-        ("unknown path", "GET", "/moon".into(), Vec::new(), 404, "no such endpoint"),
-        ("wrong method", "DELETE", "/status".into(), Vec::new(), 405, "not allowed"),
-        ("wrong method on network", "PATCH", joined.clone(), b"{}".to_vec(), 405, "not allowed"),
+        (
+            "oversized body",
+            "POST",
+            new_network.into(),
+            oversized.clone(),
+            413,
+            "body over",
+        ),
+        (
+            "oversized echo",
+            "POST",
+            "/echo/1122334455".into(),
+            vec![0; 5000],
+            413,
+            "ECHO payload",
+        ),
+        (
+            "short network ID",
+            "POST",
+            "/network/8056c2e21c00000".into(),
+            b"{}".to_vec(),
+            400,
+            "not a network ID",
+        ),
+        (
+            "long network ID",
+            "POST",
+            "/network/8056c2e21c0000011".into(),
+            b"{}".to_vec(),
+            400,
+            "not a network ID",
+        ),
+        (
+            "signed network ID",
+            "POST",
+            "/network/+056c2e21c000001".into(),
+            b"{}".to_vec(),
+            400,
+            "not a network ID",
+        ),
+        (
+            "network ID not hex",
+            "DELETE",
+            "/network/8056c2e21c00000g".into(),
+            Vec::new(),
+            400,
+            "not a network ID",
+        ),
+        (
+            "network ID climbing",
+            "POST",
+            "/network/..%2f..%2fetc".into(),
+            b"{}".to_vec(),
+            400,
+            "not a network ID",
+        ),
+        (
+            "network ID with NUL",
+            "POST",
+            "/network/8056c2e21c0000%00".into(),
+            b"{}".to_vec(),
+            400,
+            "not a network ID",
+        ),
+        (
+            "a network's child",
+            "POST",
+            format!("{joined}/x"),
+            b"{}".to_vec(),
+            404,
+            "no such endpoint",
+        ),
+        (
+            "bad peer address",
+            "GET",
+            "/peer/11223344".into(),
+            Vec::new(),
+            400,
+            "not a ZeroTier address",
+        ),
+        (
+            "reserved peer address",
+            "GET",
+            "/peer/ff00000001".into(),
+            Vec::new(),
+            400,
+            "not a ZeroTier address",
+        ),
+        (
+            "signed peer address",
+            "GET",
+            "/peer/+122334455".into(),
+            Vec::new(),
+            400,
+            "not a ZeroTier address",
+        ),
+        (
+            "bad echo address",
+            "POST",
+            "/echo/../x".into(),
+            Vec::new(),
+            404,
+            "no such endpoint",
+        ),
+        (
+            "unknown path",
+            "GET",
+            "/moon".into(),
+            Vec::new(),
+            404,
+            "no such endpoint",
+        ),
+        (
+            "wrong method",
+            "DELETE",
+            "/status".into(),
+            Vec::new(),
+            405,
+            "not allowed",
+        ),
+        (
+            "wrong method on network",
+            "PATCH",
+            joined.clone(),
+            b"{}".to_vec(),
+            405,
+            "not allowed",
+        ),
     ];
     let files = files_under(&api.home);
     let networks = api.driven.networks();
@@ -200,7 +401,10 @@ async fn bad_bodies_and_ids_are_refused_and_change_nothing() {
         let (got, answer) = call(api.port, Carrier::Header(TOKEN), method, &path, &body).await;
         assert_eq!(got, status, "{what}: {answer}");
         let message = error_message(&answer);
-        assert!(message.contains(says), "{what}: {message:?} does not say {says:?}");
+        assert!(
+            message.contains(says),
+            "{what}: {message:?} does not say {says:?}"
+        );
         assert_eq!(api.driven.requests(), requests, "{what}: reached the node");
         assert_eq!(api.driven.networks(), networks, "{what}: networks changed");
         assert_eq!(files_under(&api.home), files, "{what}: files changed");

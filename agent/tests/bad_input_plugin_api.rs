@@ -133,7 +133,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("zt-bad-plugin-{}-{name}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("zt-bad-plugin-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         Self(path)
@@ -299,12 +300,30 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
 
     // (what, method, path, body, status)
     let mut cases: Vec<(String, &str, &str, Vec<u8>, u16)> = vec![
-        ("bad JSON".into(), "POST", "/v1/attach", b"{\"network\":".to_vec(), 400),
+        (
+            "bad JSON".into(),
+            "POST",
+            "/v1/attach",
+            b"{\"network\":".to_vec(),
+            400,
+        ),
         ("empty body".into(), "POST", "/v1/attach", Vec::new(), 400),
         ("null".into(), "POST", "/v1/attach", b"null".to_vec(), 400),
         ("array".into(), "POST", "/v1/attach", b"[]".to_vec(), 400),
-        ("string".into(), "POST", "/v1/attach", b"\"attach\"".to_vec(), 400),
-        ("not UTF-8".into(), "POST", "/v1/attach", vec![0xff, 0xfe, b'{'], 400),
+        (
+            "string".into(),
+            "POST",
+            "/v1/attach",
+            b"\"attach\"".to_vec(),
+            400,
+        ),
+        (
+            "not UTF-8".into(),
+            "POST",
+            "/v1/attach",
+            vec![0xff, 0xfe, b'{'],
+            400,
+        ),
         (
             "oversized body".into(),
             "POST",
@@ -321,33 +340,84 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ),
     ];
     let attach_cases: Vec<(String, Value)> = [
-        ("unknown field".to_string(), with(good.clone(), "bogus", json!(1))),
+        (
+            "unknown field".to_string(),
+            with(good.clone(), "bogus", json!(1)),
+        ),
         ("no key".into(), without(good.clone(), "key")),
         ("no network".into(), without(good.clone(), "network")),
         ("no ifName".into(), without(good.clone(), "ifName")),
-        ("no containerId".into(), without(good.clone(), "containerId")),
+        (
+            "no containerId".into(),
+            without(good.clone(), "containerId"),
+        ),
         ("key a number".into(), with(good.clone(), "key", json!(5))),
-        ("ifName a bool".into(), with(good.clone(), "ifName", json!(true))),
-        ("mtu a string".into(), with(good.clone(), "mtu", json!("1500"))),
-        ("mtu too small".into(), with(good.clone(), "mtu", json!(100))),
-        ("mtu too big".into(), with(good.clone(), "mtu", json!(70_000))),
+        (
+            "ifName a bool".into(),
+            with(good.clone(), "ifName", json!(true)),
+        ),
+        (
+            "mtu a string".into(),
+            with(good.clone(), "mtu", json!("1500")),
+        ),
+        (
+            "mtu too small".into(),
+            with(good.clone(), "mtu", json!(100)),
+        ),
+        (
+            "mtu too big".into(),
+            with(good.clone(), "mtu", json!(70_000)),
+        ),
         ("mtu negative".into(), with(good.clone(), "mtu", json!(-1))),
-        ("wait negative".into(), with(good.clone(), "wait", json!(-1))),
-        ("wait too long".into(), with(good.clone(), "wait", json!(301))),
-        ("defaultRoute a string".into(), with(good.clone(), "defaultRoute", json!("yes"))),
-        ("extraIps a string".into(), with(good.clone(), "extraIps", json!("10.0.0.1/24"))),
-        ("extraIps no prefix".into(), with(good.clone(), "extraIps", json!(["10.0.0.1"]))),
-        ("extraIps long prefix".into(), with(good.clone(), "extraIps", json!(["10.0.0.1/33"]))),
-        ("extraRoutes bad".into(), with(good.clone(), "extraRoutes", json!([{"dst": "x"}]))),
+        (
+            "wait negative".into(),
+            with(good.clone(), "wait", json!(-1)),
+        ),
+        (
+            "wait too long".into(),
+            with(good.clone(), "wait", json!(301)),
+        ),
+        (
+            "defaultRoute a string".into(),
+            with(good.clone(), "defaultRoute", json!("yes")),
+        ),
+        (
+            "extraIps a string".into(),
+            with(good.clone(), "extraIps", json!("10.0.0.1/24")),
+        ),
+        (
+            "extraIps no prefix".into(),
+            with(good.clone(), "extraIps", json!(["10.0.0.1"])),
+        ),
+        (
+            "extraIps long prefix".into(),
+            with(good.clone(), "extraIps", json!(["10.0.0.1/33"])),
+        ),
+        (
+            "extraRoutes bad".into(),
+            with(good.clone(), "extraRoutes", json!([{"dst": "x"}])),
+        ),
         ("netnsFd negative".into(), {
             let v = without(good.clone(), "netns");
             with(v, "netnsFd", json!(-1))
         }),
-        ("netns and netnsFd".into(), with(good.clone(), "netnsFd", json!(3))),
-        ("owner hostile".into(), with(good.clone(), "owner", json!("../x"))),
+        (
+            "netns and netnsFd".into(),
+            with(good.clone(), "netnsFd", json!(3)),
+        ),
+        (
+            "owner hostile".into(),
+            with(good.clone(), "owner", json!("../x")),
+        ),
         ("owner empty".into(), with(good.clone(), "owner", json!(""))),
-        ("owner long".into(), with(good.clone(), "owner", json!(long(65)))),
-        ("owner NUL".into(), with(good.clone(), "owner", json!("cni\u{0}"))),
+        (
+            "owner long".into(),
+            with(good.clone(), "owner", json!(long(65))),
+        ),
+        (
+            "owner NUL".into(),
+            with(good.clone(), "owner", json!("cni\u{0}")),
+        ),
     ]
     .into_iter()
     .chain(
@@ -355,39 +425,59 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             .iter()
             .map(|k| (format!("key {k}"), with(good.clone(), "key", k.clone()))),
     )
-    .chain(
-        hostile_container_ids
-            .iter()
-            .map(|c| (format!("containerId {c}"), with(good.clone(), "containerId", c.clone()))),
-    )
-    .chain(
-        hostile_if_names
-            .iter()
-            .map(|i| (format!("ifName {i}"), with(good.clone(), "ifName", i.clone()))),
-    )
-    .chain(
-        hostile_netns
-            .iter()
-            .map(|n| (format!("netns {:.60}", n.to_string()), with(good.clone(), "netns", n.clone()))),
-    )
-    .chain(
-        bad_network_ids
-            .iter()
-            .map(|n| (format!("network {n}"), with(good.clone(), "network", n.clone()))),
-    )
+    .chain(hostile_container_ids.iter().map(|c| {
+        (
+            format!("containerId {c}"),
+            with(good.clone(), "containerId", c.clone()),
+        )
+    }))
+    .chain(hostile_if_names.iter().map(|i| {
+        (
+            format!("ifName {i}"),
+            with(good.clone(), "ifName", i.clone()),
+        )
+    }))
+    .chain(hostile_netns.iter().map(|n| {
+        (
+            format!("netns {:.60}", n.to_string()),
+            with(good.clone(), "netns", n.clone()),
+        )
+    }))
+    .chain(bad_network_ids.iter().map(|n| {
+        (
+            format!("network {n}"),
+            with(good.clone(), "network", n.clone()),
+        )
+    }))
     .collect();
     for (what, body) in attach_cases {
-        cases.push((format!("attach: {what}"), "POST", "/v1/attach", body.to_string().into_bytes(), 400));
+        cases.push((
+            format!("attach: {what}"),
+            "POST",
+            "/v1/attach",
+            body.to_string().into_bytes(),
+            400,
+        ));
     }
     // detach, check: a reference must name something, with valid names.
     let references: Vec<(String, Value)> = [
         ("names nothing".to_string(), json!({})),
         ("only ifName".into(), json!({"ifName": "eth0"})),
-        ("unknown field".into(), json!({"key": "k8s/default/web-0", "bogus": true})),
-        ("network bad".into(), json!({"key": "k8s/default/web-0", "network": "xyz"})),
+        (
+            "unknown field".into(),
+            json!({"key": "k8s/default/web-0", "bogus": true}),
+        ),
+        (
+            "network bad".into(),
+            json!({"key": "k8s/default/web-0", "network": "xyz"}),
+        ),
     ]
     .into_iter()
-    .chain(hostile_keys.iter().map(|k| (format!("key {k}"), json!({ "key": k }))))
+    .chain(
+        hostile_keys
+            .iter()
+            .map(|k| (format!("key {k}"), json!({ "key": k }))),
+    )
     .chain(hostile_container_ids.iter().map(|c| {
         (
             format!("containerId {c}"),
@@ -403,7 +493,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     .collect();
     for (what, body) in &references {
         for path in ["/v1/detach", "/v1/check"] {
-            cases.push((format!("{path}: {what}"), "POST", path, body.to_string().into_bytes(), 400));
+            cases.push((
+                format!("{path}: {what}"),
+                "POST",
+                path,
+                body.to_string().into_bytes(),
+                400,
+            ));
         }
     }
     cases.push((
@@ -428,7 +524,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         json!({"network": "xyz"}),
         json!({"bogus": []}),
     ] {
-        cases.push((format!("gc {body}"), "POST", "/v1/gc", body.to_string().into_bytes(), 400));
+        cases.push((
+            format!("gc {body}"),
+            "POST",
+            "/v1/gc",
+            body.to_string().into_bytes(),
+            400,
+        ));
     }
     // sandbox: hostile names and namespace paths.
     let good_sandbox = json!({
@@ -447,7 +549,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ("bogus", json!(1)),
     ] {
         let body = with(good_sandbox.clone(), field, value);
-        cases.push((format!("sandbox {body:.80}"), "POST", "/v1/sandbox", body.to_string().into_bytes(), 400));
+        cases.push((
+            format!("sandbox {body:.80}"),
+            "POST",
+            "/v1/sandbox",
+            body.to_string().into_bytes(),
+            400,
+        ));
     }
     // Paths and methods.
     for (method, path, status) in [
@@ -460,7 +568,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         ("POST", "/v1/attach%00", 404),
         ("GET", "/", 404),
     ] {
-        cases.push((format!("{method} {path}"), method, path, good.to_string().into_bytes(), status));
+        cases.push((
+            format!("{method} {path}"),
+            method,
+            path,
+            good.to_string().into_bytes(),
+            status,
+        ));
     }
 
     let endpoints_before = manager.snapshot();
@@ -480,18 +594,39 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         };
         assert_eq!(code, expected_code, "{what}: {json}");
         let message = json["message"].as_str().unwrap_or_default();
-        assert!(message.len() > 10, "{what}: the message says what is wrong: {json}");
-        assert!(message.len() < 2048, "{what}: the message is bounded: {}", message.len());
-        assert_eq!(manager.calls(), calls_before, "{what}: the manager was called");
-        assert_eq!(manager.snapshot(), endpoints_before, "{what}: endpoints changed");
+        assert!(
+            message.len() > 10,
+            "{what}: the message says what is wrong: {json}"
+        );
+        assert!(
+            message.len() < 2048,
+            "{what}: the message is bounded: {}",
+            message.len()
+        );
+        assert_eq!(
+            manager.calls(),
+            calls_before,
+            "{what}: the manager was called"
+        );
+        assert_eq!(
+            manager.snapshot(),
+            endpoints_before,
+            "{what}: endpoints changed"
+        );
         assert_eq!(files_under(&dir.0), files_before, "{what}: files changed");
     }
 
     // Messages name the field: a few that a user is most likely to meet.
     for (body, says) in [
-        (with(good.clone(), "ifName", json!("../x")), "interface name"),
+        (
+            with(good.clone(), "ifName", json!("../x")),
+            "interface name",
+        ),
         (with(good.clone(), "key", json!("../x")), "endpoint key"),
-        (with(good.clone(), "containerId", json!("../x")), "container ID"),
+        (
+            with(good.clone(), "containerId", json!("../x")),
+            "container ID",
+        ),
         (with(good.clone(), "netns", json!("/a/../b")), "'..'"),
         (with(good.clone(), "netns", json!("/a\u{0}b")), "NUL"),
         (with(good.clone(), "network", json!("xyz")), "network ID"),
@@ -524,9 +659,8 @@ fn connect_as_child() {
         Err(e) => format!("refused: {e}"),
         Ok(mut stream) => {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = stream.write_all(
-                b"GET /v1/endpoints HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            );
+            let _ = stream
+                .write_all(b"GET /v1/endpoints HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             let mut answer = Vec::new();
             let _ = stream.read_to_end(&mut answer);
             if answer.is_empty() {
@@ -542,7 +676,12 @@ fn connect_as_child() {
 /// Runs [`connect_as_child`] as `nobody`; returns its outcome line, or what went wrong.
 fn connect_as_nobody(socket: &Path) -> Result<String, String> {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "connect_as_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "connect_as_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_SOCKET_VAR, socket)
         .current_dir("/")
         .uid(NOBODY)
@@ -552,7 +691,10 @@ fn connect_as_nobody(socket: &Path) -> Result<String, String> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout
         .lines()
-        .find_map(|line| line.split_once("OUTCOME ").map(|(_, outcome)| outcome.to_string()))
+        .find_map(|line| {
+            line.split_once("OUTCOME ")
+                .map(|(_, outcome)| outcome.to_string())
+        })
         .ok_or_else(|| {
             format!(
                 "no outcome: {}\n{stdout}\n{}",
@@ -564,8 +706,8 @@ fn connect_as_nobody(socket: &Path) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_users_get_nothing() {
-    let is_root = std::fs::metadata("/proc/self")
-        .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    let is_root =
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
     if !is_root {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),

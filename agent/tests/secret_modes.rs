@@ -55,8 +55,14 @@ fn secrets_are_0600_even_under_a_umask_of_0() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("CHECKED under umask 0000"), "the child did not run:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "the child failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("CHECKED under umask 0000"),
+        "the child did not run:\n{stdout}\n{stderr}"
+    );
 }
 
 /// The child's work; without [`CHILD_VAR`] it does nothing.
@@ -100,7 +106,10 @@ fn write_secrets_and_check_modes() {
     let now = Timestamp(1_700_000_000_000);
     for (path, body) in [
         (network.clone(), r#"{"name":"n","private":true}"#),
-        (format!("{network}/member/1122334455"), r#"{"authorized":true}"#),
+        (
+            format!("{network}/member/1122334455"),
+            r#"{"authorized":true}"#,
+        ),
     ] {
         let answer = controller.handle_http(now, "POST", &path, body.as_bytes());
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -136,13 +145,23 @@ fn write_secrets_and_check_modes() {
     };
     let mut secrets = 0;
     for (path, mode) in &modes {
-        assert_eq!(mode & 0o022, 0, "{} is writable by others: {mode:o}", path.display());
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "{} is writable by others: {mode:o}",
+            path.display()
+        );
         if path.is_file() && secret(path) {
             assert_eq!(*mode, 0o600, "{} holds a secret: {mode:o}", path.display());
             secrets += 1;
         }
         if path.is_dir() && secret(path) {
-            assert_eq!(*mode & 0o077, 0, "{} is a folder of secrets: {mode:o}", path.display());
+            assert_eq!(
+                *mode & 0o077,
+                0,
+                "{} is a folder of secrets: {mode:o}",
+                path.display()
+            );
         }
     }
     // identity, authtoken, metricstoken, the record, the pool, a network and a member.
@@ -151,8 +170,15 @@ fn write_secrets_and_check_modes() {
         assert_eq!(modes[&home_dir.join(name)], 0o600, "{name}");
     }
     assert_eq!(modes[&socket], 0o600, "the plugin socket");
-    assert_eq!(modes[&root.join("run")], 0o700, "the plugin socket's folder");
-    assert_eq!(modes[&home_dir], 0o755, "the home folder, as ZeroTier One makes it");
+    assert_eq!(
+        modes[&root.join("run")],
+        0o700,
+        "the plugin socket's folder"
+    );
+    assert_eq!(
+        modes[&home_dir], 0o755,
+        "the home folder, as ZeroTier One makes it"
+    );
     let _ = std::fs::remove_dir_all(&root);
     println!("CHECKED under umask {umask}");
 }

@@ -20,11 +20,11 @@ use rand_core::{OsRng, RngCore};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use zt_agent::plugin_api::check_namespace_path;
 use zt_agent::plugin_api::{
     AttachRequest, ContainerId, Endpoint, EndpointKey, ErrorCode, GcRequest, InterfaceName,
     IpPrefix, MAX_ATTACH_WAIT, MAX_MTU, MIN_MTU,
 };
-use zt_agent::plugin_api::check_namespace_path;
 
 use crate::agent::{Agent, AgentError, DetachRequest, SandboxRequest};
 use crate::protocol::{self, *};
@@ -970,8 +970,7 @@ impl Driver {
             (!request.sandbox_key.is_empty()).then(|| PathBuf::from(&request.sandbox_key));
         if let Some(sandbox) = &sandbox {
             // Refused here, before the state records it, rather than by the agent later.
-            check_namespace_path("SandboxKey", sandbox)
-                .or_else(|error| refuse(error.message))?;
+            check_namespace_path("SandboxKey", sandbox).or_else(|error| refuse(error.message))?;
         }
         let (id, reservation) = self.update(|state| {
             let Some(id) = find_endpoint(state, &endpoint_id) else {

@@ -132,8 +132,7 @@ struct Setup {
 
 impl Setup {
     async fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("zt-docker-bad-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("zt-docker-bad-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let manager = Arc::new(Manager::default());
         let agent = plugin_api::spawn(&dir.join("agent.sock"), manager.clone())
@@ -220,7 +219,10 @@ async fn bad_calls_are_refused_clearly_and_change_nothing() {
         )
         .await;
     let address = setup
-        .ok("IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": ""}))
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": ""}),
+        )
         .await;
     let address = address["Address"].as_str().unwrap().to_string();
     setup
@@ -259,19 +261,30 @@ async fn bad_calls_are_refused_clearly_and_change_nothing() {
             "IPv4Data": [{"AddressSpace": "zerotier", "Pool": "0.0.0.0/0"}],
         })
     };
-    let endpoint = |network: Value, endpoint: Value, interface: Value, options: Value| {
-        json!({"NetworkID": network, "EndpointID": endpoint, "Interface": interface, "Options": options})
-    };
+    let endpoint = |network: Value, endpoint: Value, interface: Value, options: Value| json!({"NetworkID": network, "EndpointID": endpoint, "Interface": interface, "Options": options});
     let no_options = json!({});
     let interface = json!({"Address": ""});
-    let join = |endpoint: Value, sandbox: Value| {
-        json!({"NetworkID": "net1", "EndpointID": endpoint, "SandboxKey": sandbox})
-    };
+    let join = |endpoint: Value, sandbox: Value| json!({"NetworkID": "net1", "EndpointID": endpoint, "SandboxKey": sandbox});
     // (what, method, body, the Err says)
     let mut cases: Vec<(String, &str, Vec<u8>, &str)> = vec![
-        ("bad JSON".into(), "NetworkDriver.CreateNetwork", b"{\"NetworkID\":".to_vec(), "malformed request body"),
-        ("a string".into(), "NetworkDriver.CreateEndpoint", b"\"ep\"".to_vec(), "malformed request body"),
-        ("not UTF-8".into(), "IpamDriver.RequestPool", vec![0xff, b'{'], "malformed request body"),
+        (
+            "bad JSON".into(),
+            "NetworkDriver.CreateNetwork",
+            b"{\"NetworkID\":".to_vec(),
+            "malformed request body",
+        ),
+        (
+            "a string".into(),
+            "NetworkDriver.CreateEndpoint",
+            b"\"ep\"".to_vec(),
+            "malformed request body",
+        ),
+        (
+            "not UTF-8".into(),
+            "IpamDriver.RequestPool",
+            vec![0xff, b'{'],
+            "malformed request body",
+        ),
         (
             "oversized".into(),
             "IpamDriver.RequestAddress",
@@ -293,25 +306,33 @@ async fn bad_calls_are_refused_clearly_and_change_nothing() {
         (
             "IPv4Data an object".into(),
             "NetworkDriver.CreateNetwork",
-            json!({"NetworkID": "net2", "IPv4Data": {"Pool": "0.0.0.0/0"}}).to_string().into_bytes(),
+            json!({"NetworkID": "net2", "IPv4Data": {"Pool": "0.0.0.0/0"}})
+                .to_string()
+                .into_bytes(),
             "malformed request body",
         ),
         (
             "ZeroTier network not an ID".into(),
             "NetworkDriver.CreateNetwork",
-            generic(json!({"zerotier.network": "../x"})).to_string().into_bytes(),
+            generic(json!({"zerotier.network": "../x"}))
+                .to_string()
+                .into_bytes(),
             "not a ZeroTier network ID",
         ),
         (
             "ZeroTier network a number".into(),
             "NetworkDriver.CreateNetwork",
-            generic(json!({"zerotier.network": 5})).to_string().into_bytes(),
+            generic(json!({"zerotier.network": 5}))
+                .to_string()
+                .into_bytes(),
             "zerotier.network",
         ),
         (
             "unknown option".into(),
             "NetworkDriver.CreateNetwork",
-            generic(json!({"zerotier.network": NWID, "zerotier.bogus": "1"})).to_string().into_bytes(),
+            generic(json!({"zerotier.network": NWID, "zerotier.bogus": "1"}))
+                .to_string()
+                .into_bytes(),
             "zerotier.bogus",
         ),
         (
@@ -337,67 +358,101 @@ async fn bad_calls_are_refused_clearly_and_change_nothing() {
         (
             "endpoint on an unknown network".into(),
             "NetworkDriver.CreateEndpoint",
-            endpoint(json!("netX"), json!("ep2"), interface.clone(), no_options.clone()).to_string().into_bytes(),
+            endpoint(
+                json!("netX"),
+                json!("ep2"),
+                interface.clone(),
+                no_options.clone(),
+            )
+            .to_string()
+            .into_bytes(),
             "Docker network netX is unknown",
         ),
         (
             "endpoint address garbage".into(),
             "NetworkDriver.CreateEndpoint",
-            endpoint(json!("net1"), json!("ep2"), json!({"Address": "garbage"}), no_options.clone())
-                .to_string()
-                .into_bytes(),
+            endpoint(
+                json!("net1"),
+                json!("ep2"),
+                json!({"Address": "garbage"}),
+                no_options.clone(),
+            )
+            .to_string()
+            .into_bytes(),
             "garbage",
         ),
         (
             "endpoint key hostile".into(),
             "NetworkDriver.CreateEndpoint",
-            endpoint(json!("net1"), json!("ep2"), interface.clone(), json!({"zerotier.key": "../x"}))
-                .to_string()
-                .into_bytes(),
+            endpoint(
+                json!("net1"),
+                json!("ep2"),
+                interface.clone(),
+                json!({"zerotier.key": "../x"}),
+            )
+            .to_string()
+            .into_bytes(),
             "endpoint key",
         ),
         (
             "endpoint key a number".into(),
             "NetworkDriver.CreateEndpoint",
-            endpoint(json!("net1"), json!("ep2"), interface.clone(), json!({"zerotier.key": 5}))
-                .to_string()
-                .into_bytes(),
+            endpoint(
+                json!("net1"),
+                json!("ep2"),
+                interface.clone(),
+                json!({"zerotier.key": 5}),
+            )
+            .to_string()
+            .into_bytes(),
             "zerotier.key must be text",
         ),
         (
             "join of an unknown endpoint".into(),
             "NetworkDriver.Join",
-            join(json!("epX"), json!("/var/run/docker/netns/1")).to_string().into_bytes(),
+            join(json!("epX"), json!("/var/run/docker/netns/1"))
+                .to_string()
+                .into_bytes(),
             "endpoint epX is unknown",
         ),
         (
             "pool with a sub-pool".into(),
             "IpamDriver.RequestPool",
-            json!({"AddressSpace": "zerotier", "Pool": "10.0.0.0/24", "SubPool": "10.0.0.0/25"}).to_string().into_bytes(),
+            json!({"AddressSpace": "zerotier", "Pool": "10.0.0.0/24", "SubPool": "10.0.0.0/25"})
+                .to_string()
+                .into_bytes(),
             "--ip-range",
         ),
         (
             "pool garbage".into(),
             "IpamDriver.RequestPool",
-            json!({"AddressSpace": "zerotier", "Pool": "garbage"}).to_string().into_bytes(),
+            json!({"AddressSpace": "zerotier", "Pool": "garbage"})
+                .to_string()
+                .into_bytes(),
             "garbage",
         ),
         (
             "pool V6 a string".into(),
             "IpamDriver.RequestPool",
-            json!({"AddressSpace": "zerotier", "V6": "yes"}).to_string().into_bytes(),
+            json!({"AddressSpace": "zerotier", "V6": "yes"})
+                .to_string()
+                .into_bytes(),
             "malformed request body",
         ),
         (
             "address from an unknown pool".into(),
             "IpamDriver.RequestAddress",
-            json!({"PoolID": "../x", "Address": ""}).to_string().into_bytes(),
+            json!({"PoolID": "../x", "Address": ""})
+                .to_string()
+                .into_bytes(),
             "address pool \"../x\" is unknown",
         ),
         (
             "address garbage".into(),
             "IpamDriver.RequestAddress",
-            json!({"PoolID": pool_id, "Address": "10.0.0.300"}).to_string().into_bytes(),
+            json!({"PoolID": pool_id, "Address": "10.0.0.300"})
+                .to_string()
+                .into_bytes(),
             "is not an IP address",
         ),
     ];
@@ -411,17 +466,27 @@ async fn bad_calls_are_refused_clearly_and_change_nothing() {
         cases.push((
             format!("CreateEndpoint EndpointID {id:.40}"),
             "NetworkDriver.CreateEndpoint",
-            endpoint(json!("net1"), id.clone(), interface.clone(), no_options.clone())
-                .to_string()
-                .into_bytes(),
+            endpoint(
+                json!("net1"),
+                id.clone(),
+                interface.clone(),
+                no_options.clone(),
+            )
+            .to_string()
+            .into_bytes(),
             "EndpointID",
         ));
         cases.push((
             format!("CreateEndpoint NetworkID {id:.40}"),
             "NetworkDriver.CreateEndpoint",
-            endpoint(id.clone(), json!("ep2"), interface.clone(), no_options.clone())
-                .to_string()
-                .into_bytes(),
+            endpoint(
+                id.clone(),
+                json!("ep2"),
+                interface.clone(),
+                no_options.clone(),
+            )
+            .to_string()
+            .into_bytes(),
             "NetworkID",
         ));
     }
@@ -447,10 +512,17 @@ async fn bad_calls_are_refused_clearly_and_change_nothing() {
         let (status, answer) = setup.post(method, &body).await;
         assert_eq!(status, 500, "{what}: {answer}");
         let message = answer["Err"].as_str().unwrap_or_default();
-        assert!(message.contains(says), "{what}: {message:?} does not say {says:?}");
+        assert!(
+            message.contains(says),
+            "{what}: {message:?} does not say {says:?}"
+        );
         assert!(message.len() < 2048, "{what}: the message is bounded");
         assert_eq!(setup.state_bytes(), state, "{what}: the state changed");
-        assert_eq!(setup.manager.snapshot(), endpoints, "{what}: endpoints changed");
+        assert_eq!(
+            setup.manager.snapshot(),
+            endpoints,
+            "{what}: endpoints changed"
+        );
         assert_eq!(
             setup.manager.changes.load(Ordering::SeqCst),
             changes,
@@ -458,10 +530,20 @@ async fn bad_calls_are_refused_clearly_and_change_nothing() {
         );
     }
     // Unknown methods, and ones with a hostile name, are 404 and change nothing.
-    for method in ["NetworkDriver.Teleport", "../NetworkDriver.Join", "IpamDriver.", ""] {
+    for method in [
+        "NetworkDriver.Teleport",
+        "../NetworkDriver.Join",
+        "IpamDriver.",
+        "",
+    ] {
         let (status, answer) = setup.post(method, b"{}").await;
         assert_eq!(status, 404, "{method}: {answer}");
-        assert!(answer["Err"].as_str().is_some_and(|m| m.contains("no method")), "{answer}");
+        assert!(
+            answer["Err"]
+                .as_str()
+                .is_some_and(|m| m.contains("no method")),
+            "{answer}"
+        );
         assert_eq!(setup.state_bytes(), state);
     }
 }

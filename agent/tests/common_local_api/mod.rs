@@ -154,8 +154,7 @@ pub(crate) async fn start(home: &Path) -> LocalApi {
     tokio::spawn(stand_in(requests, driven.clone(), controller));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let state =
-        ApiState::with_metrics_token(TOKEN.to_string(), METRICS_TOKEN.to_string(), driver);
+    let state = ApiState::with_metrics_token(TOKEN.to_string(), METRICS_TOKEN.to_string(), driver);
     tokio::spawn(api::serve(listener, state));
     LocalApi {
         port,
@@ -175,13 +174,24 @@ pub(crate) enum Carrier<'a> {
 
 /// One request over a fresh connection; returns the status and the body as text. A server
 /// that answers an oversized body early may close first: write errors are ignored.
-pub(crate) fn request(port: u16, carrier: Carrier<'_>, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+pub(crate) fn request(
+    port: u16,
+    carrier: Carrier<'_>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let (path, header) = match carrier {
         Carrier::None => (path.to_string(), String::new()),
         Carrier::Header(token) => (path.to_string(), format!("X-ZT1-Auth: {token}\r\n")),
-        Carrier::Bearer(token) => (path.to_string(), format!("Authorization: Bearer {token}\r\n")),
+        Carrier::Bearer(token) => (
+            path.to_string(),
+            format!("Authorization: Bearer {token}\r\n"),
+        ),
         Carrier::Query(token) => {
             let joiner = if path.contains('?') { '&' } else { '?' };
             (format!("{path}{joiner}auth={token}"), String::new())
@@ -202,7 +212,10 @@ pub(crate) fn request(port: u16, carrier: Carrier<'_>, method: &str, path: &str,
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer to {method} {path}: {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
