@@ -79,7 +79,8 @@ async fn bad_controller_requests_are_refused_and_change_nothing() {
     let other_network = "/controller/network/8e4df28b720000ff";
     let oversized = vec![b' '; zt_agent::api::MAX_BODY + 1];
     // (what, method, path, body, status, the message says)
-    let cases: Vec<(&str, &'static str, String, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, &'static str, String, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "bad JSON",
             "POST",

@@ -191,7 +191,8 @@ async fn bad_bodies_and_ids_are_refused_and_change_nothing() {
     let joined = format!("/network/{JOINED}");
     let oversized = vec![b' '; zt_agent::api::MAX_BODY + 1];
     // (what, method, path, body, status, the message says)
-    let cases: Vec<(&str, &str, String, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, String, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "bad JSON",
             "POST",

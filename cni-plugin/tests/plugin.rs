@@ -1079,7 +1079,15 @@ fn hostile_names_are_refused_before_anything_changes() {
     let climbing_netns = format!("{}/../../etc", container.netns);
     let long_netns = format!("/{}", "n".repeat(5000));
     // (what, command, config, environment overrides, code, the message names)
-    let cases: Vec<(&str, &str, Value, Vec<(&str, &str)>, u64, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Value,
+        Vec<(&'a str, &'a str)>,
+        u64,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "container ID climbing",
             "ADD",
