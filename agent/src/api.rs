@@ -321,15 +321,9 @@ async fn route(
                     }
                 }
                 Method::POST | Method::PUT => {
-                    let body: Value = if body.is_empty() {
-                        json!({})
-                    } else {
-                        match serde_json::from_slice(&body) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}"))
-                            }
-                        }
+                    let body = match network_settings(&body) {
+                        Ok(body) => body,
+                        Err(message) => return error(StatusCode::BAD_REQUEST, message),
                     };
                     let request = |reply| ApiRequest::Join {
                         network_id,
@@ -436,8 +430,53 @@ async fn ask<T>(
     answer.await.ok()
 }
 
+/// The settings `POST /network/<nwid>` takes; each must be a JSON boolean when given.
+pub const NETWORK_SETTINGS: [&str; 4] = ["allowManaged", "allowGlobal", "allowDefault", "allowDNS"];
+
+/// A `POST /network/<nwid>` body: nothing (`{}`), or a JSON object whose settings (see
+/// [`NETWORK_SETTINGS`]) are booleans; other fields are ignored, as ZeroTier One does.
+/// ZeroTier One joins first and then ignores a body it cannot use; we refuse it before
+/// anything changes, so that a typo is an error rather than a join with other settings.
+fn network_settings(body: &[u8]) -> Result<Value, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err(format!(
+            "the body must be a JSON object of settings, not {}",
+            json_type(&value)
+        ));
+    };
+    for name in NETWORK_SETTINGS {
+        match object.get(name) {
+            None | Some(Value::Bool(_)) => {}
+            Some(other) => {
+                return Err(format!(
+                    "{name} must be true or false, not {}",
+                    json_type(other)
+                ))
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// A JSON value's kind, for error messages.
+pub fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn parse_network_id(text: &str) -> Option<NetworkId> {
-    if text.len() != 16 {
+    // `from_str_radix` alone would take a leading '+'.
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(text, 16).ok().map(NetworkId)

@@ -163,7 +163,7 @@ impl ControllerStore {
             }
             StoreChange::MemberSaved(network_id, address, record) => {
                 let dir = self.members_dir(*network_id);
-                fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+                create_dir(&dir)?;
                 self.write(&self.member_path(*network_id, *address), record)
             }
             StoreChange::NetworkDeleted(network_id) => {
@@ -349,7 +349,7 @@ impl ControllerService {
         match (segments.as_slice(), method) {
             (["controller"], "GET") => HttpAnswer::ok(c.status(now)),
             (["controller", "network"], "GET") => HttpAnswer::ok(c.network_list()),
-            (["controller", "network"], _) if write => match parse_body(body) {
+            (["controller", "network"], _) if write => match parse_body(body, NETWORK_FIELDS) {
                 Ok(body) => match c.create_network(now, &body) {
                     Some(network) => HttpAnswer::ok(network),
                     None => HttpAnswer::error(503, "no free network ID"),
@@ -366,7 +366,7 @@ impl ControllerService {
                         format!("{id}: networks are created under {}", c.address()),
                     );
                 }
-                match parse_body(body) {
+                match parse_body(body, NETWORK_FIELDS) {
                     Ok(body) => match c.create_network(now, &body) {
                         Some(network) => HttpAnswer::ok(network),
                         None => HttpAnswer::error(503, "no free network ID"),
@@ -383,7 +383,7 @@ impl ControllerService {
                         || HttpAnswer::not_found(format!("no network {network_id}")),
                         HttpAnswer::ok,
                     ),
-                    "POST" | "PUT" => match parse_body(body) {
+                    "POST" | "PUT" => match parse_body(body, NETWORK_FIELDS) {
                         Ok(body) => HttpAnswer::ok(c.post_network(now, network_id, &body)),
                         Err(answer) => answer,
                     },
@@ -416,7 +416,7 @@ impl ControllerService {
                         || HttpAnswer::not_found(format!("no member {address} in {network_id}")),
                         HttpAnswer::ok,
                     ),
-                    "POST" | "PUT" => match parse_body(body) {
+                    "POST" | "PUT" => match parse_body(body, MEMBER_FIELDS) {
                         Ok(body) => c.post_member(now, network_id, address, &body).map_or_else(
                             || HttpAnswer::not_found(format!("no network {network_id}")),
                             HttpAnswer::ok,
@@ -455,13 +455,106 @@ fn method_not_allowed(method: &str, path: &str) -> HttpAnswer {
     HttpAnswer::error(405, format!("{method} not allowed on {path}"))
 }
 
-/// A POST body: JSON, or nothing (read as `{}`; 1.14 fails such a request with 500).
-fn parse_body(body: &[u8]) -> Result<Value, HttpAnswer> {
+/// A POST body: a JSON object, or nothing (read as `{}`; 1.14 fails such a request with 500).
+/// Anything else is refused before the controller sees it: 1.14 would create or update the
+/// record with its defaults.
+fn parse_body(body: &[u8], shapes: &[(&str, Shape)]) -> Result<Value, HttpAnswer> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| HttpAnswer::error(400, format!("invalid JSON: {e}")))
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| HttpAnswer::error(400, format!("invalid JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(HttpAnswer::error(
+            400,
+            format!(
+                "the body must be a JSON object, not {}",
+                crate::api::json_type(&value)
+            ),
+        ));
+    };
+    for (field, shape) in shapes {
+        if let Some(given) = object.get(*field) {
+            if !shape.admits(given) {
+                return Err(HttpAnswer::error(
+                    400,
+                    format!(
+                        "{field} must be {}, not {}",
+                        shape.describe(),
+                        crate::api::json_type(given)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(value)
 }
+
+/// What a field of a network or member record may be given as. Scalars are converted as
+/// 1.14 converts them (`"true"`, `1` for a boolean); a list or object where a scalar
+/// belongs, or the reverse, would be silently ignored by the records, so it is refused.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    Scalar,
+    Array,
+    Object,
+    /// `v4AssignMode` and `v6AssignMode` also take their legacy string form.
+    ObjectOrString,
+}
+
+impl Shape {
+    fn admits(self, value: &Value) -> bool {
+        match self {
+            _ if value.is_null() => true,
+            Self::Scalar => !value.is_array() && !value.is_object(),
+            Self::Array => value.is_array(),
+            Self::Object => value.is_object(),
+            Self::ObjectOrString => value.is_object() || value.is_string(),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Scalar => "a boolean, number or string",
+            Self::Array => "an array",
+            Self::Object => "an object",
+            Self::ObjectOrString => "an object or a string",
+        }
+    }
+}
+
+/// The fields of a network POST the controller reads, with their shapes.
+const NETWORK_FIELDS: &[(&str, Shape)] = &[
+    ("name", Shape::Scalar),
+    ("private", Shape::Scalar),
+    ("enableBroadcast", Shape::Scalar),
+    ("multicastLimit", Shape::Scalar),
+    ("mtu", Shape::Scalar),
+    ("remoteTraceTarget", Shape::Scalar),
+    ("remoteTraceLevel", Shape::Scalar),
+    ("v4AssignMode", Shape::ObjectOrString),
+    ("v6AssignMode", Shape::ObjectOrString),
+    ("routes", Shape::Array),
+    ("ipAssignmentPools", Shape::Array),
+    ("rules", Shape::Array),
+    ("capabilities", Shape::Array),
+    ("tags", Shape::Array),
+    ("dns", Shape::Object),
+];
+
+/// The fields of a member POST the controller reads, with their shapes.
+const MEMBER_FIELDS: &[(&str, Shape)] = &[
+    ("authorized", Shape::Scalar),
+    ("activeBridge", Shape::Scalar),
+    ("noAutoAssignIps", Shape::Scalar),
+    ("name", Shape::Scalar),
+    ("remoteTraceTarget", Shape::Scalar),
+    ("remoteTraceLevel", Shape::Scalar),
+    ("authenticationExpiryTime", Shape::Scalar),
+    ("ipAssignments", Shape::Array),
+    ("tags", Shape::Array),
+    ("capabilities", Shape::Array),
+];
 
 /// A network ID path segment: exactly 16 hex digits, either case.
 fn network_id(segment: &str) -> Option<NetworkId> {

@@ -26,8 +26,12 @@ use crate::plumbing::{LinkSpec, NetnsRef, NetnsWorker, PlumbingError};
 use crate::tap::Tap;
 
 pub const ENDPOINTS_DIR: &str = "endpoints.d";
-/// Longest endpoint key accepted (its hex form names the record's file).
-pub const MAX_KEY_LEN: usize = 100;
+/// Longest endpoint key accepted: the plugin API's limit, so that every key it lets in has
+/// a record.
+pub const MAX_KEY_LEN: usize = crate::plugin_api::MAX_KEY_LEN;
+/// Keys up to this long name their record by their hex form; longer ones by the SHA-256 of
+/// the key (a hex name of 255 bytes would pass the file system's 255-byte name limit).
+pub const MAX_HEX_NAMED_KEY: usize = 100;
 
 /// What is kept of an endpoint across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +96,16 @@ impl EndpointStore {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(EndpointStoreError::BadKey);
         }
-        Ok(self.dir.join(format!("{}.json", hex::encode(key))))
+        let name = if key.len() <= MAX_HEX_NAMED_KEY {
+            hex::encode(key)
+        } else {
+            use sha2::Digest;
+            format!(
+                "sha256-{}",
+                hex::encode(sha2::Sha256::digest(key.as_bytes()))
+            )
+        };
+        Ok(self.dir.join(format!("{name}.json")))
     }
 
     pub fn save(&self, record: &EndpointRecord) -> Result<(), EndpointStoreError> {
@@ -101,7 +114,10 @@ impl EndpointStore {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(io_error)?;
+        // Records hold identity secrets: a folder others could write to would let them
+        // plant a record (an identity they know) for a key.
+        crate::home::create_dir_with_mode(&self.dir, crate::home::PRIVATE_DIR_MODE)
+            .map_err(io_error)?;
         let text = serde_json::to_vec(record).unwrap_or_default();
         write_atomic(&path, &text, SECRET_MODE).map_err(io_error)
     }
@@ -109,7 +125,9 @@ impl EndpointStore {
     pub fn load(&self, key: &str) -> Result<Option<EndpointRecord>, EndpointStoreError> {
         let path = self.path_of(key)?;
         match fs::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Ok(bytes) => Ok(serde_json::from_slice::<EndpointRecord>(&bytes)
+                .ok()
+                .filter(|record| record.key == key)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(EndpointStoreError::Io { path, source }),
         }
@@ -532,5 +550,27 @@ mod tests {
             store.save(&record(&"k".repeat(MAX_KEY_LEN + 1))),
             Err(EndpointStoreError::BadKey)
         ));
+    }
+
+    /// Every key the plugin API accepts has a record, up to its 255 characters: a long
+    /// key's file is named by its hash (a hex name would pass the 255-byte name limit).
+    #[test]
+    fn the_longest_keys_the_api_accepts_have_records() {
+        let dir = TempDir::new("endpoints-long");
+        let store = EndpointStore::new(dir.path());
+        let short = record(&"s".repeat(MAX_HEX_NAMED_KEY));
+        let long = record(&format!("k8s/{}/{}", "n".repeat(63), "p".repeat(187)));
+        assert_eq!(long.key.len(), MAX_KEY_LEN);
+        for record in [&short, &long] {
+            store.save(record).unwrap();
+            assert_eq!(store.load(&record.key).unwrap().as_ref(), Some(record));
+        }
+        assert_eq!(store.load_all().len(), 2);
+        for entry in fs::read_dir(dir.path().join(ENDPOINTS_DIR)).unwrap() {
+            let name = entry.unwrap().file_name();
+            assert!(name.len() <= 255, "{name:?}");
+        }
+        assert!(store.remove(&long.key).unwrap());
+        assert_eq!(store.load_all(), vec![short]);
     }
 }

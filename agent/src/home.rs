@@ -36,6 +36,21 @@ pub const PEERS_DIR: &str = "peers.d";
 pub const SECRET_MODE: u32 = 0o600;
 /// Mode of every other file written here.
 pub const PUBLIC_MODE: u32 = 0o644;
+/// Folders the agent creates, as ZeroTier One makes them (0755): never wider whatever the
+/// umask (a world-writable home would let anyone swap `identity.secret` or the planet).
+pub const PUBLIC_DIR_MODE: u32 = 0o755;
+/// Folders of secrets (`endpoints.d/`): only root may list them or add to them.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `path` and its missing parents with `mode` (less the umask); folders that exist
+/// are left as they are.
+pub fn create_dir_with_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+}
 
 /// Length of a generated auth token, as ZeroTier One makes them.
 const AUTHTOKEN_LEN: usize = 24;
@@ -91,7 +106,7 @@ impl Home {
             self.path(MOONS_DIR),
             self.path(PEERS_DIR),
         ] {
-            fs::create_dir_all(&dir).map_err(|e| HomeError::io(&dir, e))?;
+            create_dir_with_mode(&dir, PUBLIC_DIR_MODE).map_err(|e| HomeError::io(&dir, e))?;
         }
         Ok(())
     }

@@ -97,7 +97,7 @@ impl NetworksDir {
     }
 
     pub fn create(&self) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)
+        crate::home::create_dir_with_mode(&self.dir, crate::home::PUBLIC_DIR_MODE)
     }
 
     fn conf(&self, nwid: NetworkId) -> PathBuf {

@@ -528,17 +528,48 @@ impl AttachRequest {
             }
         }
         if let Some(netns) = &self.netns {
-            if !netns.is_absolute() {
-                return Err(ApiError::invalid(format!(
-                    "netns {} is not an absolute path",
-                    netns.display()
-                )));
-            }
+            check_namespace_path("netns", netns)?;
         }
         if let Some(owner) = &self.owner {
             check_owner(owner)?;
         }
         Ok(())
+    }
+}
+
+/// Longest namespace path accepted (Linux's `PATH_MAX` less the terminating NUL).
+pub const MAX_NAMESPACE_PATH: usize = 4095;
+
+/// A namespace path as the agent will open it: absolute, without NUL (the kernel would cut
+/// it there) or `..` components (a path that climbs is never a runtime's namespace file), at
+/// most [`MAX_NAMESPACE_PATH`] bytes. `field` names it in the error.
+pub fn check_namespace_path(field: &str, path: &Path) -> Result<(), ApiError> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let problem = if !path.is_absolute() {
+        Some("is not an absolute path")
+    } else if bytes.contains(&0) {
+        Some("contains a NUL byte")
+    } else if bytes.len() > MAX_NAMESPACE_PATH {
+        Some("is longer than 4095 bytes")
+    } else if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        Some("has a '..' component")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ApiError::invalid(format!(
+            "{field} {:?} {problem}",
+            path.display()
+                .to_string()
+                .chars()
+                .take(128)
+                .collect::<String>()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -709,11 +740,8 @@ pub struct SandboxRequest {
 impl SandboxRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
         match &self.sandbox {
-            Some(path) if !path.is_absolute() => Err(ApiError::invalid(format!(
-                "sandbox {} is not an absolute path",
-                path.display()
-            ))),
-            _ => Ok(()),
+            Some(path) => check_namespace_path("sandbox", path),
+            None => Ok(()),
         }
     }
 

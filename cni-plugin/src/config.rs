@@ -361,9 +361,9 @@ fn absolute_path_key(request: &Request, key: &str) -> Result<Option<PathBuf>, Cn
         return Ok(None);
     };
     let path = PathBuf::from(text);
-    if !path.is_absolute() {
+    if !path.is_absolute() || text.contains('\0') {
         return Err(CniError::config(format!(
-            "`{key}` must be an absolute path, not {text:?}"
+            "`{key}` must be an absolute path without NUL, not {text:?}"
         )));
     }
     Ok(Some(path))

@@ -124,11 +124,10 @@ impl Environment {
             .var("CNI_NETNS")
             .ok_or_else(|| CniError::environment("CNI_NETNS is not set"))?;
         let path = PathBuf::from(text);
-        if !path.is_absolute() {
-            return Err(CniError::environment(format!(
-                "CNI_NETNS {text:?} is not an absolute path"
-            )));
-        }
+        // The agent's own rule (absolute, no '..', no NUL, bounded), checked here so that a
+        // bad variable is the runtime's error (code 4) before anything is asked of the agent.
+        zt_agent::plugin_api::check_namespace_path("CNI_NETNS", &path)
+            .map_err(|e| CniError::environment(e.message))?;
         Ok(path)
     }
 
@@ -201,6 +200,18 @@ pub fn endpoint_key(
     container_id: &ContainerId,
     if_name: &InterfaceName,
 ) -> Result<EndpointKey, CniError> {
+    if let Some((namespace, pod)) = args.pod() {
+        // A '/' in either would make another pod's (or interface's) key: a pod named
+        // "web-0/net1" must not get web-0's second interface's identity.
+        for (variable, value) in [("K8S_POD_NAMESPACE", namespace), ("K8S_POD_NAME", pod)] {
+            if !is_kubernetes_name(value) {
+                return Err(CniError::environment(format!(
+                    "{variable} {value:?} is not a Kubernetes name \
+                     (1 to 253 characters of a-z, A-Z, 0-9, '.', '-', '_', starting with a letter or digit)"
+                )));
+            }
+        }
+    }
     let text = match args.pod() {
         Some((namespace, pod)) if if_name.as_str() == "eth0" => format!("k8s/{namespace}/{pod}"),
         Some((namespace, pod)) => format!("k8s/{namespace}/{pod}/{if_name}"),
@@ -211,6 +222,15 @@ pub fn endpoint_key(
             "cannot name the endpoint from CNI_ARGS and CNI_IFNAME: {e}"
         ))
     })
+}
+
+/// Kubernetes' namespace and pod names are DNS labels and subdomains; this is their
+/// superset that CNI's own name rule allows (`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`), at most 253.
+fn is_kubernetes_name(text: &str) -> bool {
+    let mut bytes = text.bytes();
+    bytes.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && bytes.all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+        && text.len() <= 253
 }
 
 #[cfg(test)]
@@ -315,6 +335,18 @@ mod tests {
         );
         let odd = CniArgs::parse("K8S_POD_NAMESPACE=a b;K8S_POD_NAME=c").unwrap();
         assert_eq!(endpoint_key(&odd, &id, &eth0).unwrap_err().code, 4);
+        // A pod name with a '/' would take another attachment's key.
+        for args in [
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0/net1",
+            "K8S_POD_NAMESPACE=default/web-0;K8S_POD_NAME=net1",
+            "K8S_POD_NAMESPACE=..;K8S_POD_NAME=x",
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=.hidden",
+        ] {
+            let hostile = CniArgs::parse(args).unwrap();
+            let error = endpoint_key(&hostile, &id, &eth0).unwrap_err();
+            assert_eq!(error.code, 4, "{args}");
+            assert!(error.msg.contains("K8S_POD_"), "{args}: {}", error.msg);
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use rand_core::{OsRng, RngCore};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use zt_agent::plugin_api::check_namespace_path;
 use zt_agent::plugin_api::{
     AttachRequest, ContainerId, Endpoint, EndpointKey, ErrorCode, GcRequest, InterfaceName,
     IpPrefix, MAX_ATTACH_WAIT, MAX_MTU, MIN_MTU,
@@ -312,6 +313,7 @@ impl Driver {
         if network_id.is_empty() {
             return refuse("CreateNetwork names no NetworkID");
         }
+        check_docker_id("NetworkID", &network_id)?;
         let options = network_options(&request.options)?;
         let known = self.read(|state| state.networks.get(&network_id).cloned());
         if let Some(known) = known {
@@ -799,6 +801,8 @@ impl Driver {
         if network_id.is_empty() || endpoint_id.is_empty() {
             return refuse("CreateEndpoint names no NetworkID or no EndpointID");
         }
+        check_docker_id("NetworkID", &network_id)?;
+        check_docker_id("EndpointID", &endpoint_id)?;
         let key_name = endpoint_key_option(&request.options)?;
         let address = parse_interface_address(&request.interface.address, "Address")?;
         let address_ipv6 = parse_interface_address(&request.interface.address_ipv6, "AddressIPv6")?;
@@ -964,6 +968,10 @@ impl Driver {
         let endpoint_id = request.endpoint_id.clone();
         let sandbox =
             (!request.sandbox_key.is_empty()).then(|| PathBuf::from(&request.sandbox_key));
+        if let Some(sandbox) = &sandbox {
+            // Refused here, before the state records it, rather than by the agent later.
+            check_namespace_path("SandboxKey", sandbox).or_else(|error| refuse(error.message))?;
+        }
         let (id, reservation) = self.update(|state| {
             let Some(id) = find_endpoint(state, &endpoint_id) else {
                 return refuse(format!(
@@ -1387,6 +1395,23 @@ fn parse_subnet(text: &str, v6: bool) -> Result<IpPrefix, PluginError> {
         ));
     }
     Ok(network_of(prefix))
+}
+
+/// Longest Docker network or endpoint ID accepted (Docker's are 64 hex digits).
+pub const MAX_DOCKER_ID: usize = 128;
+
+/// A Docker network or endpoint ID as the state keeps it: 1 to [`MAX_DOCKER_ID`] ASCII
+/// letters and digits (Docker makes 64 hex digits), so that a hostile one is refused before
+/// it is recorded. `field` names it in the error.
+fn check_docker_id(field: &str, id: &str) -> Result<(), PluginError> {
+    if !id.is_empty() && id.len() <= MAX_DOCKER_ID && id.bytes().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Ok(());
+    }
+    let shown: String = id.chars().take(80).collect();
+    refuse(format!(
+        "{field} {shown:?} is not a Docker ID (1 to {MAX_DOCKER_ID} letters and digits)"
+    ))
 }
 
 fn endpoint_key_option(options: &Map<String, Value>) -> Result<Option<String>, PluginError> {
