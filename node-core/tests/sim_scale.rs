@@ -3,7 +3,8 @@
 //! its network's config from the one controller, and every talking pair ends up on a
 //! direct path; the counters the report is made of agree with each other.
 
-use node_core::sim::identities::unsearched;
+use node_core::identity::MemoryHardScratch;
+use node_core::sim::identities::{identities, unsearched};
 use node_core::sim::scale::{run_scale, ConfigLoad, ScaleOptions};
 use node_core::sim::SIM_EPOCH;
 use node_core::Millis;
@@ -72,4 +73,30 @@ fn the_controller_load_serves_every_member_a_config_with_a_distinct_address() {
     addresses.sort_unstable();
     addresses.dedup();
     assert_eq!(addresses.len(), 300);
+}
+
+const FIXTURE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/data/sim-identities.bin"
+));
+
+#[test]
+fn fixture_identities_pass_full_validation() {
+    let (ids, valid) = identities(FIXTURE, 1030).expect("the fixture reads");
+    assert_eq!(valid, 1024);
+    assert_eq!(ids.len(), 1030);
+    let mut scratch = MemoryHardScratch::new();
+    for index in [0, 1, 511, 1023] {
+        assert!(ids[index].has_secret());
+        assert!(
+            ids[index].locally_validate_with(&mut scratch),
+            "fixture identity {index}"
+        );
+    }
+    // Past the fixture they are unsearched, and validation says so.
+    assert!(!ids[1029].locally_validate_with(&mut scratch));
+    let mut addresses: Vec<_> = ids.iter().map(|id| id.address()).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    assert_eq!(addresses.len(), ids.len());
 }
