@@ -384,7 +384,7 @@ pub fn run_scale(options: &ScaleOptions, identities: Vec<Identity>) -> Option<Sc
         members.push((host, network_id));
     }
     let mut pairs = Vec::new();
-    for n in 0..networks {
+    for (n, &network_id) in network_ids.iter().enumerate() {
         let in_network: Vec<HostId> = members
             .iter()
             .skip(n)
@@ -395,7 +395,7 @@ pub fn run_scale(options: &ScaleOptions, identities: Vec<Identity>) -> Option<Sc
             pairs.push(Pair {
                 a: two[0],
                 b: two[1],
-                network_id: network_ids[n],
+                network_id,
             });
         }
     }
