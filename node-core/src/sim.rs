@@ -18,6 +18,9 @@ use crate::node::{Event, Node, NodeConfig};
 use crate::time::{Millis, Timestamp};
 use crate::world::{Root, World, WorldKind};
 
+pub mod identities;
+pub mod scale;
+
 /// The UDP port every simulated node listens on.
 pub const SIM_PORT: u16 = 9993;
 /// Virtual time at which a simulation starts (an arbitrary epoch-like value).
@@ -208,9 +211,13 @@ impl Sim {
         sim
     }
 
-    /// Skips the memory-hard hash on learned identities (large simulations only).
+    /// Skips the memory-hard hash on learned identities (large simulations only), in the
+    /// nodes already running (the roots) and those added later.
     pub fn set_validate_identities(&mut self, validate: bool) {
         self.validate_identities = validate;
+        for host in &mut self.hosts {
+            host.node.set_validate_identities(validate);
+        }
     }
 
     pub fn now(&self) -> Timestamp {

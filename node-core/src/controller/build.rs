@@ -1,7 +1,7 @@
 //! Building the network config an authorized member receives (zt-vl2.md 6.1 step 8) and
 //! the IP auto-assignment (6.2).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rand_core::RngCore;
@@ -37,31 +37,67 @@ const ASSIGNMENT_TRIALS: u32 = 1000;
 /// The COO a 1.14 controller issues carries this ID.
 const COO_ID: u32 = 1;
 
-/// What the whole network's members say, gathered before building one member's config.
-#[derive(Debug, Default)]
+/// What the whole network's members say that one member's config depends on. The
+/// controller keeps it up to date as members are stored and removed ([`Summary::add`],
+/// [`Summary::remove`]), so a config request costs no scan of the member list.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Summary {
     /// Members with `activeBridge`, ascending.
-    pub(crate) active_bridges: Vec<Address>,
-    /// Every IP in any member's `ipAssignments`.
-    pub(crate) allocated_ips: HashSet<IpAddr>,
+    pub(crate) active_bridges: BTreeSet<Address>,
+    /// Every IP in any member's `ipAssignments`, with how many times it is listed.
+    pub(crate) allocated_ips: HashMap<IpAddr, u32>,
 }
 
 impl Summary {
+    #[cfg(test)]
     pub(crate) fn of<'a>(members: impl Iterator<Item = (&'a Address, &'a Record)>) -> Self {
         let mut summary = Self::default();
         for (&address, member) in members {
-            if json::boolean(field(member, "activeBridge"), false) {
-                summary.active_bridges.push(address);
-            }
-            if let Some(Value::Array(ips)) = field(member, "ipAssignments") {
-                for ip in ips.iter().filter_map(Value::as_str).filter_map(parse_inet) {
-                    summary.allocated_ips.insert(ip.ip());
+            summary.add(address, member);
+        }
+        summary
+    }
+
+    /// Counts a member record that was stored.
+    pub(crate) fn add(&mut self, address: Address, member: &Record) {
+        if json::boolean(field(member, "activeBridge"), false) {
+            self.active_bridges.insert(address);
+        }
+        for ip in assigned_ips(member) {
+            *self.allocated_ips.entry(ip).or_default() += 1;
+        }
+    }
+
+    /// Forgets a member record that was replaced or removed (as it was counted).
+    pub(crate) fn remove(&mut self, address: Address, member: &Record) {
+        if json::boolean(field(member, "activeBridge"), false) {
+            self.active_bridges.remove(&address);
+        }
+        for ip in assigned_ips(member) {
+            if let Some(count) = self.allocated_ips.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    self.allocated_ips.remove(&ip);
                 }
             }
         }
-        summary.active_bridges.sort_unstable();
-        summary
     }
+
+    fn is_allocated(&self, ip: &IpAddr) -> bool {
+        self.allocated_ips.contains_key(ip)
+    }
+}
+
+/// The IPs in a member record's `ipAssignments`.
+fn assigned_ips(member: &Record) -> impl Iterator<Item = IpAddr> + '_ {
+    let ips = match field(member, "ipAssignments") {
+        Some(Value::Array(ips)) => ips.as_slice(),
+        _ => &[],
+    };
+    ips.iter()
+        .filter_map(Value::as_str)
+        .filter_map(parse_inet)
+        .map(|ip| ip.ip())
 }
 
 /// Everything one config is built from.
@@ -510,9 +546,7 @@ fn assign_ipv4(
                     .map(|&(_, bits)| bits);
                 let candidate = IpAddr::V4(Ipv4Addr::from(ip));
                 if let Some(bits) = bits.filter(|&b| b > 0) {
-                    if !summary.allocated_ips.contains(&candidate)
-                        && !listed(assignments, candidate)
-                    {
+                    if !summary.is_allocated(&candidate) && !listed(assignments, candidate) {
                         return Some((Ipv4Addr::from(ip), bits as u16));
                     }
                 }
@@ -563,10 +597,7 @@ fn assign_ipv6(
                 .map(SocketAddr::port)
                 .unwrap_or(0);
             let candidate = IpAddr::V6(ip);
-            if bits > 0
-                && !summary.allocated_ips.contains(&candidate)
-                && !listed(assignments, candidate)
-            {
+            if bits > 0 && !summary.is_allocated(&candidate) && !listed(assignments, candidate) {
                 return Some((ip, bits));
             }
         }

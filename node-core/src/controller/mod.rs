@@ -119,7 +119,25 @@ pub enum LoadError {
 #[derive(Debug, Default)]
 struct NetworkEntry {
     record: Record,
+    /// Changed only through [`NetworkEntry::insert_member`] and
+    /// [`NetworkEntry::remove_member`], which keep `summary` in step.
     members: BTreeMap<Address, Record>,
+    summary: Summary,
+}
+
+impl NetworkEntry {
+    fn insert_member(&mut self, address: Address, record: Record) {
+        self.summary.add(address, &record);
+        if let Some(old) = self.members.insert(address, record) {
+            self.summary.remove(address, &old);
+        }
+    }
+
+    fn remove_member(&mut self, address: Address) -> Option<Record> {
+        let old = self.members.remove(&address)?;
+        self.summary.remove(address, &old);
+        Some(old)
+    }
 }
 
 /// What the controller remembers about a member's requests (never persisted).
@@ -211,7 +229,7 @@ impl Controller {
             .networks
             .get_mut(&network_id)
             .ok_or(LoadError::UnknownNetwork(network_id))?;
-        entry.members.insert(address, record);
+        entry.insert_member(address, record);
         Ok((network_id, address))
     }
 
@@ -358,11 +376,7 @@ impl Controller {
         network_id: NetworkId,
         address: Address,
     ) -> Option<Value> {
-        let member = self
-            .networks
-            .get_mut(&network_id)?
-            .members
-            .remove(&address)?;
+        let member = self.networks.get_mut(&network_id)?.remove_member(address)?;
         self.changes
             .push(StoreChange::MemberDeleted(network_id, address));
         if json::boolean(field(&member, "authorized"), false) {
@@ -582,7 +596,6 @@ impl Controller {
         let Some(entry) = self.networks.get(&network_id) else {
             return RequestAnswer::NotFound;
         };
-        let summary = Summary::of(entry.members.iter());
         let config = build_config(
             ConfigInputs {
                 controller: &self.identity,
@@ -593,7 +606,7 @@ impl Controller {
                 new_member,
                 requester,
                 metadata,
-                summary: &summary,
+                summary: &entry.summary,
             },
             &mut self.rng,
         );
@@ -646,7 +659,7 @@ impl Controller {
             return false;
         }
         bump_revision(record);
-        entry.members.insert(address, record.clone());
+        entry.insert_member(address, record.clone());
         self.changes.push(StoreChange::MemberSaved(
             network_id,
             address,
@@ -659,26 +672,25 @@ impl Controller {
     /// those whose last authorized request left metadata to build it from.
     fn owe_configs(&mut self, now: Timestamp, network_id: NetworkId, member: Option<Address>) {
         let now = now.as_millis();
-        for (&(n, address), status) in &self.status {
-            if n == network_id
-                && member.is_none_or(|m| m == address)
-                && status.is_online(now)
-                && status.identity.is_some()
-                && !status.metadata.is_empty()
-            {
-                self.pending_configs.insert((n, address));
-            }
-        }
+        let owed: Vec<Address> = statuses_of(&self.status, network_id)
+            .filter(|&(address, status)| {
+                member.is_none_or(|m| m == address)
+                    && status.is_online(now)
+                    && status.identity.is_some()
+                    && !status.metadata.is_empty()
+            })
+            .map(|(address, _)| address)
+            .collect();
+        self.pending_configs
+            .extend(owed.into_iter().map(|address| (network_id, address)));
     }
 
     /// Revokes `target`'s COM as of `now`, to every online member of the network.
     fn revoke(&mut self, now: Timestamp, network_id: NetworkId, target: Address) {
         let now = now.as_millis();
-        let to: Vec<Address> = self
-            .status
-            .iter()
-            .filter(|(&(n, _), status)| n == network_id && status.is_online(now))
-            .map(|(&(_, address), _)| address)
+        let to: Vec<Address> = statuses_of(&self.status, network_id)
+            .filter(|(_, status)| status.is_online(now))
+            .map(|(address, _)| address)
             .collect();
         if to.is_empty() {
             return;
@@ -701,6 +713,19 @@ impl Controller {
         }
     }
 }
+
+/// The request statuses of one network's members, without visiting other networks'.
+fn statuses_of(
+    status: &BTreeMap<(NetworkId, Address), MemberStatus>,
+    network_id: NetworkId,
+) -> impl Iterator<Item = (Address, &MemberStatus)> {
+    status
+        .range((network_id, Address::NIL)..=(network_id, Address::from_u64(ADDRESS_MAX)))
+        .map(|(&(_, address), status)| (address, status))
+}
+
+/// The largest 40-bit address.
+const ADDRESS_MAX: u64 = 0xff_ffff_ffff;
 
 fn bump_revision(record: &mut Record) {
     let revision = json::int(field(record, "revision"), 0).wrapping_add(1);

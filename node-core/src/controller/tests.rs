@@ -802,3 +802,74 @@ fn credential_window_comes_from_the_file_and_is_clamped() {
         CREDENTIAL_TIME_MAX_DELTA_MIN as u64
     );
 }
+
+/// The summary kept up to date member by member equals one recomputed from the records.
+fn assert_summary_in_step(c: &Controller) {
+    for entry in c.networks.values() {
+        assert_eq!(entry.summary, Summary::of(entry.members.iter()));
+    }
+}
+
+#[test]
+fn the_member_summary_follows_every_change_of_the_member_list() {
+    let mut c = controller();
+    c.post_network(
+        at(T0),
+        NWID,
+        &json!({
+            "v4AssignMode": {"zt": true},
+            "routes": [{"target": "10.9.0.0/24"}],
+            "ipAssignmentPools": [{"ipRangeStart": "10.9.0.1", "ipRangeEnd": "10.9.0.200"}],
+        }),
+    );
+    let (m, o, t) = (member(), other(), third());
+    for who in [&m, &o, &t] {
+        authorize(&mut c, T0, who.address());
+        config(request(&mut c, T0 + 10, who));
+        assert_summary_in_step(&c);
+    }
+    assert_eq!(c.networks[&NWID].summary.allocated_ips.len(), 3);
+    // Two members listing the same address, then one dropping it: still allocated.
+    c.post_member(
+        at(T0 + 20),
+        NWID,
+        o.address(),
+        &json!({"ipAssignments": ["10.9.0.77"], "activeBridge": true}),
+    );
+    c.post_member(
+        at(T0 + 20),
+        NWID,
+        t.address(),
+        &json!({"ipAssignments": ["10.9.0.77"]}),
+    );
+    assert_summary_in_step(&c);
+    assert_eq!(
+        c.networks[&NWID].summary.active_bridges,
+        BTreeSet::from([o.address()])
+    );
+    c.post_member(
+        at(T0 + 30),
+        NWID,
+        t.address(),
+        &json!({"ipAssignments": []}),
+    );
+    assert_summary_in_step(&c);
+    let ip: std::net::IpAddr = "10.9.0.77".parse().unwrap();
+    assert_eq!(c.networks[&NWID].summary.allocated_ips.get(&ip), Some(&1));
+    // A new member does not get an address another one holds.
+    c.delete_member(at(T0 + 40), NWID, o.address());
+    assert_summary_in_step(&c);
+    assert!(c.networks[&NWID].summary.active_bridges.is_empty());
+    assert!(!c.networks[&NWID].summary.allocated_ips.contains_key(&ip));
+    let mut loaded = controller();
+    loaded
+        .load_network(json!({"id": NWID.to_string()}))
+        .unwrap();
+    for address in c.networks[&NWID].members.keys() {
+        loaded
+            .load_member(Value::Object(c.networks[&NWID].members[address].clone()))
+            .unwrap();
+    }
+    assert_summary_in_step(&loaded);
+    assert_eq!(loaded.networks[&NWID].summary, c.networks[&NWID].summary);
+}

@@ -553,6 +553,12 @@ impl Node {
         }
     }
 
+    /// Whether identities learned from now on must pass the memory-hard hash check
+    /// ([`NodeConfig::validate_identities`]); turned off only by large simulations.
+    pub fn set_validate_identities(&mut self, validate: bool) {
+        self.validate_identities = validate;
+    }
+
     /// Online: something was heard from an upstream recently, or we are a root.
     pub fn is_online(&self, now: Timestamp) -> bool {
         self.am_root
