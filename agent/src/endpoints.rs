@@ -181,6 +181,8 @@ pub struct TapEndpointPort {
     pending: watch::Sender<Option<(u64, LinkSpec)>>,
     configurer: Option<JoinHandle<()>>,
     options: PortOptions,
+    /// Frames were delivered since the last flush.
+    unflushed: bool,
 }
 
 impl TapEndpointPort {
@@ -242,6 +244,7 @@ impl TapEndpointPort {
             pending: watch::Sender::new(None),
             configurer: None,
             options,
+            unflushed: false,
         })
     }
 }
@@ -305,6 +308,7 @@ impl TapEndpointPort {
             pending: watch::Sender::new(None),
             configurer: None,
             options,
+            unflushed: false,
         }
     }
 }
@@ -320,8 +324,17 @@ impl Drop for TapEndpointPort {
 
 impl EndpointPort for TapEndpointPort {
     fn deliver(&mut self, frame: &[u8]) {
+        self.unflushed = true;
         if let Err(e) = self.tap.send(frame) {
             tracing::debug!(interface = %self.if_name, "endpoint tap write failed: {e}");
+        }
+    }
+
+    fn flush(&mut self) {
+        if std::mem::take(&mut self.unflushed) {
+            if let Err(e) = self.tap.flush() {
+                tracing::debug!(interface = %self.if_name, "endpoint tap write failed: {e}");
+            }
         }
     }
 
