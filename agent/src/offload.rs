@@ -924,7 +924,7 @@ mod tests {
         assert_eq!(written[1].1, next);
         // A lone pure ACK is never held: written as it is.
         let ack = tcp_frame(true, 0, TCP_ACK, &[], &[]);
-        let written = coalesce(&[ack.clone()]);
+        let written = coalesce(std::slice::from_ref(&ack));
         assert_eq!(written, vec![(VnetHeader::default(), ack)]);
     }
 
