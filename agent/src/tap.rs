@@ -459,6 +459,11 @@ fn attach_device(device: &File, name: [u8; libc::IFNAMSIZ]) -> io::Result<bool> 
         }
     }
     set_interface_flags(device, name, plain)?;
+    // A persistent tap keeps the offloads an earlier descriptor enabled; without the header
+    // they would hand us super-frames we cannot tell apart.
+    if let Err(error) = set_offloads(device, 0) {
+        tracing::debug!("cannot clear the tap's offloads: {error}");
+    }
     Ok(false)
 }
 
