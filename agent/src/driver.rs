@@ -55,8 +55,10 @@ pub const ENDPOINT_IDENTITIES_READY: usize = 3;
 /// and what its network's config changes. The real one is a tap in the container's
 /// namespace; tests use channels.
 pub trait EndpointPort: Send {
-    /// A frame for the endpoint's interface.
+    /// A frame for the endpoint's interface; it may be held back until [`EndpointPort::flush`].
     fn deliver(&mut self, frame: &[u8]);
+    /// Writes what [`EndpointPort::deliver`] held back: called at the end of every batch.
+    fn flush(&mut self) {}
     /// A new config of the endpoint's network (addresses, routes, MTU to apply).
     fn configure(&mut self, config: &node_core::vl2::config::NetworkConfig);
     /// New attach options (IPAM addresses, routes), applied with the next configure.
@@ -1146,6 +1148,13 @@ impl<T: Transport> Driver<T> {
             }
             self.switch_frames();
         }
+        // Frames held back to be merged (TCP segments of one flow) go to their taps now.
+        if let Some(ports) = &mut self.ports {
+            ports.flush();
+        }
+        for endpoint in self.endpoints.values_mut() {
+            endpoint.port.flush();
+        }
         // What the host's events made it send (config answers, say) goes in this batch too.
         self.take_transmits_of_host();
         self.send_outgoing().await;
@@ -1240,7 +1249,7 @@ impl<T: Transport> Driver<T> {
                 payload,
             }),
             Event::Frame { network_id, frame } => {
-                if let Some(ports) = &self.ports {
+                if let Some(ports) = &mut self.ports {
                     ports.deliver(network_id, &frame);
                 }
                 self.node.recycle(frame);

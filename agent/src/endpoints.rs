@@ -199,6 +199,8 @@ pub struct TapEndpointPort {
     pending: watch::Sender<Option<(u64, LinkSpec)>>,
     configurer: Option<JoinHandle<()>>,
     options: PortOptions,
+    /// Frames were delivered since the last flush.
+    unflushed: bool,
 }
 
 impl TapEndpointPort {
@@ -260,6 +262,7 @@ impl TapEndpointPort {
             pending: watch::Sender::new(None),
             configurer: None,
             options,
+            unflushed: false,
         })
     }
 }
@@ -323,6 +326,7 @@ impl TapEndpointPort {
             pending: watch::Sender::new(None),
             configurer: None,
             options,
+            unflushed: false,
         }
     }
 }
@@ -338,8 +342,17 @@ impl Drop for TapEndpointPort {
 
 impl EndpointPort for TapEndpointPort {
     fn deliver(&mut self, frame: &[u8]) {
+        self.unflushed = true;
         if let Err(e) = self.tap.send(frame) {
             tracing::debug!(interface = %self.if_name, "endpoint tap write failed: {e}");
+        }
+    }
+
+    fn flush(&mut self) {
+        if std::mem::take(&mut self.unflushed) {
+            if let Err(e) = self.tap.flush() {
+                tracing::debug!(interface = %self.if_name, "endpoint tap write failed: {e}");
+            }
         }
     }
 

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod netconf;
 pub mod netns_fd;
 pub mod networks;
+pub mod offload;
 pub mod plugin_api;
 pub mod plugin_client;
 pub mod plumbing;

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::netconf::{self, Applied};
 use crate::networks::{self, LocalSettings, NetworksDir};
+use crate::offload::{self, SplitRead};
 use crate::tap::{self, Tap};
 
 /// Frames from all taps waiting for the driver.
@@ -102,7 +103,71 @@ impl Drop for FrameBuf {
 /// Reads frames from `tap` into pooled buffers and hands them to `deliver` (which awaits
 /// room in the driver's channel), until the tap fails or `deliver` says stop. Each wake-up
 /// takes every frame waiting, up to [`TAP_BATCH`].
-pub async fn pump_frames<F, Fut>(tap: &Tap, mut deliver: F) -> std::io::Result<()>
+pub async fn pump_frames<F, Fut>(tap: &Tap, deliver: F) -> std::io::Result<()>
+where
+    F: FnMut(FrameBuf) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if tap.has_vnet_header() {
+        pump_offloaded_frames(tap, deliver).await
+    } else {
+        pump_plain_frames(tap, deliver).await
+    }
+}
+
+/// [`pump_frames`] for a tap with offloads: each read (a `virtio_net_hdr`, then a frame or
+/// a TCP super-frame) lands in one buffer of the reader's and is cut into MTU-sized frames
+/// in pooled buffers, with their checksums complete.
+async fn pump_offloaded_frames<F, Fut>(tap: &Tap, mut deliver: F) -> std::io::Result<()>
+where
+    F: FnMut(FrameBuf) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let pool = FramePool::default();
+    let mut read = vec![0u8; offload::VNET_HDR_LEN + offload::MAX_OFFLOAD_FRAME];
+    loop {
+        let mut len = tap.recv(&mut read).await?;
+        let mut taken = 0;
+        loop {
+            taken += 1;
+            match offload::split_read(&mut read[..len], TAP_READ_BUFFER) {
+                Ok(SplitRead::Frame(frame)) => {
+                    if !frame.is_empty() {
+                        let mut buf = pool.take();
+                        buf.space()[..frame.len()].copy_from_slice(frame);
+                        buf.set_len(frame.len());
+                        if !deliver(buf).await {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(SplitRead::Segments(segments)) => {
+                    for index in 0..segments.len() {
+                        let mut buf = pool.take();
+                        let len = segments.write(index, buf.space());
+                        buf.set_len(len);
+                        if !deliver(buf).await {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(device = tap.name(), "tap frame dropped: {e}"),
+            }
+            if taken == TAP_BATCH {
+                break;
+            }
+            len = match tap.try_recv(&mut read) {
+                Ok(len) => len,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+        }
+    }
+}
+
+/// [`pump_frames`] for a tap without offloads: one plain frame per read, straight into a
+/// pooled buffer.
+async fn pump_plain_frames<F, Fut>(tap: &Tap, mut deliver: F) -> std::io::Result<()>
 where
     F: FnMut(FrameBuf) -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -139,6 +204,8 @@ struct Port {
     settings: LocalSettings,
     applied: Applied,
     reader: Option<JoinHandle<()>>,
+    /// Frames were delivered since the last flush.
+    unflushed: bool,
 }
 
 impl Drop for Port {
@@ -218,6 +285,7 @@ impl Ports {
                     settings,
                     applied: Applied::default(),
                     reader: Some(reader),
+                    unflushed: false,
                 }
             }
             Err(e) => {
@@ -228,6 +296,7 @@ impl Ports {
                     settings,
                     applied: Applied::default(),
                     reader: None,
+                    unflushed: false,
                 }
             }
         };
@@ -245,11 +314,29 @@ impl Ports {
         existed
     }
 
-    /// A frame for the network's tap.
-    pub fn deliver(&self, nwid: NetworkId, frame: &[u8]) {
-        if let Some(tap) = self.ports.get(&nwid).and_then(|p| p.tap.as_ref()) {
-            if let Err(e) = tap.send(frame) {
-                tracing::debug!(network = %nwid, "tap write failed: {e}");
+    /// A frame for the network's tap; it may be held back until [`Ports::flush`].
+    pub fn deliver(&mut self, nwid: NetworkId, frame: &[u8]) {
+        if let Some(port) = self.ports.get_mut(&nwid) {
+            if let Some(tap) = &port.tap {
+                port.unflushed = true;
+                if let Err(e) = tap.send(frame) {
+                    tracing::debug!(network = %nwid, "tap write failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Writes what [`Ports::deliver`] held back (TCP segments waiting to be merged): at the
+    /// end of every batch.
+    pub fn flush(&mut self) {
+        for (nwid, port) in &mut self.ports {
+            if !std::mem::take(&mut port.unflushed) {
+                continue;
+            }
+            if let Some(tap) = &port.tap {
+                if let Err(e) = tap.flush() {
+                    tracing::debug!(network = %nwid, "tap write failed: {e}");
+                }
             }
         }
     }

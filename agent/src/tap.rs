@@ -7,6 +7,13 @@
 //! runtime moves (Docker) has a persistent one instead ([`Tap::create_persistent`]), which
 //! stays in the container while the agent restarts and is taken over afterwards.
 //!
+//! Taps are opened with `IFF_VNET_HDR` and TCP segmentation and checksum offloads
+//! (`TUNSETOFFLOAD`) where the kernel allows: reads may then be TCP super-frames of up to
+//! 64 KiB, which [`crate::offload`] cuts into MTU-sized frames before they reach the node,
+//! and writes go through a [`Coalescer`] that merges a batch's in-order TCP segments into
+//! one. Without offloads (the kernel refused, or `ZT_TAP_OFFLOADS=off`) every read and
+//! write is one plain frame.
+//!
 //! The device's name follows ZeroTier One's Linux rule ([`interface_name`]), so tools and
 //! scripts written for ZeroTier One find the same `zt...` interface.
 
@@ -19,13 +26,16 @@
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Mutex, MutexGuard};
 
 use socket2::{Domain, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+use crate::offload::{Coalescer, VnetHeader};
 
 /// Longest interface name Linux accepts, without the terminating NUL (`IFNAMSIZ - 1`).
 pub const MAX_INTERFACE_NAME_LEN: usize = 15;
@@ -89,6 +99,10 @@ pub struct Tap {
     control: Socket,
     name: String,
     mac: [u8; 6],
+    /// Whether reads and writes carry a `virtio_net_hdr` (`IFF_VNET_HDR`).
+    vnet_header: bool,
+    /// Frames written between two [`Tap::flush`]es, merged where they can be.
+    coalescer: Mutex<Coalescer>,
 }
 
 impl Tap {
@@ -117,14 +131,14 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|error| annotate(error, "opening /dev/net/tun"))?;
-        attach_device(&device, name_bytes)?;
+        let vnet_header = attach_device(&device, name_bytes)?;
         // A non-persistent device disappears with its last descriptor; clear the flag in case
         // the name belonged to a persistent tap left behind by someone else.
         set_device_persistent(&device, persistent)?;
 
         let control = Socket::new(Domain::IPV4, Type::DGRAM, None)
             .map_err(|error| annotate(error, "creating the interface control socket"))?;
-        let tap = Self::register(device, control, name, mac)?;
+        let tap = Self::register(device, control, name, mac, vnet_header)?;
         tap.set_mac(mac)?;
         tap.set_mtu(mtu)?;
         tap.bring_up()?;
@@ -140,8 +154,8 @@ impl Tap {
     /// Must be called within a tokio runtime with IO enabled.
     pub fn take_over(device: File, control: Socket, name: &str, mac: [u8; 6]) -> io::Result<Self> {
         let name_bytes = checked_interface_name(name)?;
-        attach_device(&device, name_bytes)?;
-        Self::register(device, control, name, mac)
+        let vnet_header = attach_device(&device, name_bytes)?;
+        Self::register(device, control, name, mac, vnet_header)
     }
 
     /// Sets or clears `TUNSETPERSIST`: a device that is not persistent is removed when its
@@ -150,7 +164,13 @@ impl Tap {
         set_device_persistent(self.device.get_ref(), persistent)
     }
 
-    fn register(device: File, control: Socket, name: &str, mac: [u8; 6]) -> io::Result<Self> {
+    fn register(
+        device: File,
+        control: Socket,
+        name: &str,
+        mac: [u8; 6],
+        vnet_header: bool,
+    ) -> io::Result<Self> {
         // Writes never wait (a full device drops the frame), so only readability matters.
         // SAFETY: the `File` owns its descriptor, keeps it open until it is dropped with the
         // `AsyncFd`, and always reports that same descriptor from `as_raw_fd`.
@@ -160,7 +180,15 @@ impl Tap {
             control,
             name: name.to_owned(),
             mac,
+            vnet_header,
+            coalescer: Mutex::new(Coalescer::default()),
         })
+    }
+
+    /// Whether every read starts with a `virtio_net_hdr` (see [`crate::offload::split_read`])
+    /// and may be a TCP super-frame.
+    pub fn has_vnet_header(&self) -> bool {
+        self.vnet_header
     }
 
     /// The interface name.
@@ -174,8 +202,9 @@ impl Tap {
     }
 
     /// Waits for and reads one Ethernet frame (destination MAC first, no packet-info
-    /// prefix). `buf` should hold at least MTU + 14 bytes; the kernel truncates larger
-    /// frames to fit.
+    /// prefix; with [`Tap::has_vnet_header`], after the 10-byte header). `buf` should hold
+    /// at least MTU + 14 bytes (with offloads, [`crate::offload::MAX_OFFLOAD_FRAME`] and
+    /// the header); the kernel truncates larger frames to fit.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut ready = self.device.readable().await?;
@@ -197,12 +226,47 @@ impl Tap {
     /// Injects one Ethernet frame into the host's stack as if it had arrived on the wire.
     /// If the device cannot take it right now the frame is dropped, as a switch would, and
     /// this still returns `Ok`.
+    ///
+    /// With offloads a TCP segment may be held back to be merged with the next ones: call
+    /// [`Tap::flush`] once a batch of frames has been sent.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        match self.device.get_ref().write(frame) {
-            Ok(_) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(error) => Err(error),
+        if !self.vnet_header {
+            return dropped_when_full(self.device.get_ref().write(frame));
         }
+        let mut result = Ok(());
+        self.coalescer().push(frame, &mut |header, frame| {
+            let written = self.write_with_header(header, frame);
+            if result.is_ok() {
+                result = written;
+            }
+        });
+        result
+    }
+
+    /// Writes whatever [`Tap::send`] held back.
+    pub fn flush(&self) -> io::Result<()> {
+        if !self.vnet_header {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        self.coalescer().flush(&mut |header, frame| {
+            result = self.write_with_header(header, frame);
+        });
+        result
+    }
+
+    fn coalescer(&self) -> MutexGuard<'_, Coalescer> {
+        // Nothing can leave the coalescer inconsistent mid-way: a panic elsewhere while it
+        // was held does not make it unusable.
+        self.coalescer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_with_header(&self, header: &VnetHeader, frame: &[u8]) -> io::Result<()> {
+        let header = header.emit();
+        let parts = [IoSlice::new(&header), IoSlice::new(frame)];
+        dropped_when_full(self.device.get_ref().write_vectored(&parts))
     }
 
     /// Sets the interface MTU (the Ethernet payload size, without the 14-byte header).
@@ -350,12 +414,80 @@ fn check(result: libc::c_int, operation: &str) -> io::Result<()> {
     }
 }
 
+/// A write the device had no room for is a dropped frame, not an error.
+fn dropped_when_full(written: io::Result<usize>) -> io::Result<()> {
+    match written {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether taps get offloads: on unless `ZT_TAP_OFFLOADS` is `off` (or `0`), which keeps
+/// plain frames for comparison and for kernels where offloads misbehave.
+fn offloads_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| !matches!(std::env::var("ZT_TAP_OFFLOADS").as_deref(), Ok("off" | "0")))
+}
+
+/// The offloads asked of the kernel: checksums left partial, TCP segmentation for IPv4 and
+/// IPv6 (with ECN). UDP segmentation is not asked: those frames would need splitting too.
+const TAP_OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
 /// `TUNSETIFF`: binds the tun descriptor `device` to the tap `name` (made if missing) of the
-/// namespace the descriptor was opened in, without a packet-info prefix.
-fn attach_device(device: &File, name: [u8; libc::IFNAMSIZ]) -> io::Result<()> {
+/// namespace the descriptor was opened in, without a packet-info prefix; with a
+/// `virtio_net_hdr` and offloads where the kernel allows. Returns whether the header is on.
+fn attach_device(device: &File, name: [u8; libc::IFNAMSIZ]) -> io::Result<bool> {
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR fit in the 16-bit flags field (0x0002 | 0x1000 |
+    // 0x4000).
+    let plain = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    if offloads_wanted() {
+        let with_header = plain | libc::IFF_VNET_HDR as libc::c_short;
+        match set_interface_flags(device, name, with_header) {
+            Ok(()) => {
+                // Without offloads the header still works (always plain frames), and the
+                // writes can still carry merged segments.
+                if let Err(error) = set_offloads(device, TAP_OFFLOADS) {
+                    tracing::debug!("tap offloads refused, frames stay MTU-sized: {error}");
+                }
+                return Ok(true);
+            }
+            Err(error) => {
+                tracing::debug!("tap without a virtio-net header: {error}");
+            }
+        }
+    }
+    set_interface_flags(device, name, plain)?;
+    // A persistent tap keeps the offloads an earlier descriptor enabled; without the header
+    // they would hand us super-frames we cannot tell apart.
+    if let Err(error) = set_offloads(device, 0) {
+        tracing::debug!("cannot clear the tap's offloads: {error}");
+    }
+    Ok(false)
+}
+
+/// `TUNSETOFFLOAD` with the `TUN_F_*` bits in `offloads`.
+fn set_offloads(device: &File, offloads: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (the offload bits) and touches no
+    // memory of ours.
+    let result = unsafe {
+        libc::ioctl(
+            device.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(offloads),
+        )
+    };
+    check(result, "TUNSETOFFLOAD")
+}
+
+fn set_interface_flags(
+    device: &File,
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+) -> io::Result<()> {
     let mut request = InterfaceRequest::new(name);
-    // IFF_TAP | IFF_NO_PI fit in the 16-bit flags field (0x0002 | 0x1000).
-    request.set_flags((libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short);
+    request.set_flags(flags);
     // SAFETY: `device` is an open tun descriptor and `request` is a live, fully initialised
     // buffer at least as large as `struct ifreq`; TUNSETIFF reads the name and flags and
     // writes the chosen name back into it, nothing else.

@@ -157,3 +157,55 @@ fn batched_udp_moves_datagrams_without_allocating() {
         );
     });
 }
+
+#[test]
+fn tap_offloads_segment_and_coalesce_without_allocating() {
+    use zt_agent::offload::{Coalescer, Segments, VnetHeader, GSO_TCPV4};
+    // An Ethernet + IPv4 + TCP super-frame of 20 KB as TSO hands it over (checksums are
+    // recomputed per segment, so they need not be right here).
+    let mut super_frame = vec![0u8; 14 + 20 + 20];
+    super_frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    super_frame[14] = 0x45;
+    super_frame[14 + 8] = 64;
+    super_frame[14 + 9] = 6;
+    super_frame[14 + 12..14 + 20].copy_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    super_frame[34 + 12] = 0x50;
+    super_frame[34 + 13] = 0x10;
+    super_frame.extend((0..20_000).map(|i| i as u8));
+    let header = VnetHeader {
+        gso_type: GSO_TCPV4,
+        gso_size: 1400,
+        ..VnetHeader::default()
+    };
+    let mut segments_out = vec![vec![0u8; 2_000]; 15];
+    let mut coalescer = Coalescer::default();
+    let round = |segments_out: &mut Vec<Vec<u8>>, coalescer: &mut Coalescer| {
+        let segments = Segments::new(&super_frame, &header, 2_000).expect("a TCP super-frame");
+        let mut lens = [0usize; 15];
+        for (index, len) in lens.iter_mut().enumerate().take(segments.len()) {
+            *len = segments.write(index, &mut segments_out[index]);
+        }
+        let mut written = 0;
+        let mut write = |_: &VnetHeader, frame: &[u8]| written += frame.len();
+        for (out, len) in segments_out.iter().zip(lens).take(segments.len()) {
+            coalescer.push(&out[..len], &mut write);
+        }
+        coalescer.flush(&mut write);
+        written
+    };
+    round(&mut segments_out, &mut coalescer);
+    let (written, allocations) = allocations_in(|| {
+        (0..200)
+            .map(|_| round(&mut segments_out, &mut coalescer))
+            .sum::<usize>()
+    });
+    assert_eq!(
+        written,
+        200 * super_frame.len(),
+        "coalesced back into one frame"
+    );
+    assert_eq!(
+        allocations, 0,
+        "200 super-frames made {allocations} allocations"
+    );
+}

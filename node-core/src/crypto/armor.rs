@@ -7,7 +7,7 @@
 //! Header layout used here (zt-vl1 3.1): packet ID `[0..8)`, destination `[8..13)`, source
 //! `[13..18)`, flags `[18]` (`FFCCCHHH`), MAC `[19..27)`, verb and payload `[27..)`.
 
-use aes::cipher::{BlockDecrypt, BlockEncrypt, InnerIvInit, KeyInit, StreamCipher};
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, InnerIvInit, KeyInit, StreamCipher};
 use aes::{Aes256Dec, Aes256Enc};
 use ghash::universal_hash::UniversalHash;
 use ghash::GHash;
@@ -110,15 +110,15 @@ impl PeerKey {
     pub fn from_secret(k: [u8; PEER_KEY_LEN]) -> Self {
         let k0 = kbkdf_hmac_sha384(&k, KBKDF_LABEL_AES_GMAC_SIV_K0);
         let k1 = kbkdf_hmac_sha384(&k, KBKDF_LABEL_AES_GMAC_SIV_K1);
-        let gmac_aes = Aes256Enc::new(k0[..32].into());
+        let gmac_aes = Aes256Enc::new(&aes_key(&k0));
         let mut h = aes::Block::default();
         gmac_aes.encrypt_block(&mut h);
         Self {
             secret: k,
             gmac_aes,
             gmac_hash: GHash::new(&h),
-            siv_aes: Aes256Enc::new(k1[..32].into()),
-            siv_aes_dec: Aes256Dec::new(k1[..32].into()),
+            siv_aes: Aes256Enc::new(&aes_key(&k1)),
+            siv_aes_dec: Aes256Dec::new(&aes_key(&k1)),
         }
     }
 
@@ -133,6 +133,13 @@ impl PeerKey {
         key.copy_from_slice(&self.secret[..32]);
         key
     }
+}
+
+/// The AES-256 key in the first 32 bytes of a KBKDF output.
+fn aes_key(derived: &[u8; 48]) -> aes::cipher::Key<Aes256Enc> {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&derived[..32]);
+    key.into()
 }
 
 /// Why a packet failed to dearmor.
