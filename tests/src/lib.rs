@@ -695,7 +695,7 @@ impl<'ns> Agent<'ns> {
                     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
                         .map_err(|error| format!("cannot reach the local API: {error}"))?;
                     stream
-                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .set_read_timeout(Some(Duration::from_secs(30)))
                         .map_err(|error| error.to_string())?;
                     write!(
                         stream,

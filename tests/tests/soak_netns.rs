@@ -99,7 +99,8 @@ fn files_under(dir: &Path) -> Vec<String> {
     }
     let mut out = Vec::new();
     walk(dir, dir, &mut out);
-    out.retain(|name| name != "agent.log");
+    // The log grows on purpose; a temporary file is an atomic write under way.
+    out.retain(|name| name != "agent.log" && !name.contains(".tmp."));
     out.sort();
     out
 }
@@ -280,9 +281,16 @@ fn attach_detach_cycles_leave_nothing_behind() {
     for n in 0..warm_up {
         cycle(&client, nwid, n, &containers, &anchor_ip);
     }
-    // Settle: detaches finish their clean-up in the background (plumbing thread).
-    std::thread::sleep(Duration::from_secs(1));
-    let before = figures(&host, &client, &containers);
+    // Settle: detaches finish their clean-up in the background (plumbing thread), and the
+    // identity pool refills (a descriptor open while it writes): the same figures twice.
+    let mut last = figures(&host, &client, &containers);
+    let before = wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+        let now = figures(&host, &client, &containers);
+        let settled = now == last;
+        last = now;
+        settled.then(|| last.clone())
+    })
+    .unwrap_or(last);
     let rss_before = rss_kib(&host);
     let threads_before = proc_status_field(host.pid(), "Threads").expect("threads");
     println!(
