@@ -569,6 +569,23 @@ impl<T: Transport> Driver<T> {
         });
     }
 
+    /// Caches a peer's identity in `peers.d`, unless the peer is one of our own endpoints:
+    /// their identities live in `endpoints.d`, and would otherwise pile up in `peers.d`, one
+    /// per container that ever talked to a neighbour here.
+    fn cache_peer(&self, identity: Identity) {
+        if self.endpoints.contains_key(&identity.address()) {
+            return;
+        }
+        // A cache write (with its fsync) must not hold up the packet loop.
+        if let Some(home) = self.home.clone() {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = home.save_peer(&identity) {
+                    tracing::warn!("cannot cache a peer identity: {e}");
+                }
+            });
+        }
+    }
+
     fn find_endpoints(&self, target: &EndpointRef) -> Vec<Address> {
         self.endpoints
             .iter()
@@ -594,6 +611,15 @@ impl<T: Transport> Driver<T> {
             } else {
                 if let Err(e) = plugin.store.remove(key.as_str()) {
                     tracing::warn!(%key, "cannot remove the endpoint record: {e}");
+                }
+                // Its identity may have been cached while it was not yet hosted here (a
+                // remote node met it first); with the identity gone, it would stay forever.
+                if let Some(home) = self.home.clone() {
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = home.forget_peer(address) {
+                            tracing::warn!("cannot remove a peer identity: {e}");
+                        }
+                    });
                 }
                 false
             };
@@ -1122,6 +1148,8 @@ impl<T: Transport> Driver<T> {
     async fn flush(&mut self) -> Result<(), DriverError> {
         // Switched frames make more work for their receivers (a delivered frame, an ERROR
         // asking for credentials): go round until no node has anything left.
+        // Identities the endpoints' nodes learned (rare: new peers only).
+        let mut learned = Vec::new();
         loop {
             self.take_transmits_of_host();
             while let Some(event) = self.node.poll_event() {
@@ -1134,14 +1162,11 @@ impl<T: Transport> Driver<T> {
                 }
                 let store = self.plugin.as_ref().map(|p| &p.store);
                 while let Some(event) = endpoint.node.poll_event() {
-                    handle_endpoint_event(
-                        endpoint,
-                        event,
-                        self.home.as_ref(),
-                        store,
-                        &mut self.switched,
-                    );
+                    handle_endpoint_event(endpoint, event, &mut learned, store, &mut self.switched);
                 }
+            }
+            for identity in learned.drain(..) {
+                self.cache_peer(identity);
             }
             if self.switched.is_empty() {
                 break;
@@ -1211,14 +1236,7 @@ impl<T: Transport> Driver<T> {
             }
             Event::PeerLearned(identity) => {
                 tracing::debug!(address = %identity.address(), "peer identity learned");
-                // A cache write (with its fsync) must not hold up the packet loop.
-                if let Some(home) = self.home.clone() {
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = home.save_peer(&identity) {
-                            tracing::warn!("cannot cache a peer identity: {e}");
-                        }
-                    });
-                }
+                self.cache_peer(identity);
             }
             Event::EchoReply {
                 from,
@@ -1602,7 +1620,7 @@ impl<T: Transport> Driver<T> {
 fn handle_endpoint_event(
     endpoint: &mut Endpoint,
     event: Event,
-    home: Option<&Home>,
+    learned: &mut Vec<Identity>,
     store: Option<&EndpointStore>,
     switched: &mut Vec<SwitchedFrame>,
 ) {
@@ -1642,15 +1660,7 @@ fn handle_endpoint_event(
         Event::NetworkStatusChanged { network_id, status } => {
             tracing::info!(key = %endpoint.key, network = %network_id, status = status.as_str(), "endpoint network status");
         }
-        Event::PeerLearned(identity) => {
-            if let Some(home) = home.cloned() {
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = home.save_peer(&identity) {
-                        tracing::warn!("cannot cache a peer identity: {e}");
-                    }
-                });
-            }
-        }
+        Event::PeerLearned(identity) => learned.push(identity),
         Event::IdentityCollision => {
             tracing::error!(key = %endpoint.key, "endpoint identity collides with another node's");
         }

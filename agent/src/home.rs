@@ -284,6 +284,17 @@ impl Home {
         write_atomic(&path, text.as_bytes(), PUBLIC_MODE).map_err(|e| HomeError::io(&path, e))
     }
 
+    /// Removes `address`'s cached identity, if any (an endpoint of ours that is gone for
+    /// good: no node will meet it again).
+    pub fn forget_peer(&self, address: Address) -> Result<(), HomeError> {
+        let path = self.path(PEERS_DIR).join(format!("{address}.peer"));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HomeError::io(&path, e)),
+        }
+    }
+
     fn files_with_extension(&self, dir: &str, extension: &str) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(self.path(dir)) else {
             return Vec::new();

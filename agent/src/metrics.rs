@@ -37,7 +37,26 @@ pub fn render<'a>(
     let mut out = Exposition::default();
     render_host(&mut out, host, now);
     render_endpoints(&mut out, &endpoints, now);
+    render_runtime(&mut out);
     out.text
+}
+
+/// The agent's own tokio runtime: tasks alive now (the soak test watches it for leaks).
+/// Absent when rendered outside a runtime (unit tests).
+fn render_runtime(out: &mut Exposition) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    out.family(
+        "zt_agent_tokio_tasks",
+        Kind::Gauge,
+        "tasks alive in the agent's async runtime",
+    );
+    out.sample(
+        "zt_agent_tokio_tasks",
+        &[],
+        runtime.metrics().num_alive_tasks() as u64,
+    );
 }
 
 /// What the endpoint families need of one [`Endpoint`].
@@ -106,6 +125,17 @@ fn render_host(out: &mut Exposition, node: &Node, now: Timestamp) {
             metrics.dropped(reason),
         );
     }
+
+    out.family(
+        "zt_identity_validations",
+        Kind::Counter,
+        "memory-hard identity validations performed (new identities past the rate gate)",
+    );
+    out.sample(
+        "zt_identity_validations",
+        &[],
+        metrics.identity_validations(),
+    );
 
     out.family(
         "zt_data",

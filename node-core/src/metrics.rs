@@ -333,6 +333,7 @@ pub struct Metrics {
     dropped: [u64; DropReason::ALL.len()],
     udp_datagrams: [u64; 2],
     udp_bytes: [u64; 2],
+    identity_validations: u64,
     peers: BTreeMap<Address, PeerCounters>,
     networks: BTreeMap<NetworkId, NetworkCounters>,
 }
@@ -366,6 +367,14 @@ impl Metrics {
     /// UDP payload bytes of those datagrams (`zt_data{protocol="udp"}`).
     pub fn udp_bytes(&self, direction: Direction) -> u64 {
         self.udp_bytes[direction.index()]
+    }
+
+    /// Memory-hard identity validations performed: HELLOs from new identities that passed
+    /// the per-prefix rate gate and their MAC, identities from OK(WHOIS), cached peers
+    /// restored at start-up. Each costs a memory-hard hash, so this is the count a flood of
+    /// fresh identities drives up and the rate gate bounds.
+    pub fn identity_validations(&self) -> u64 {
+        self.identity_validations
     }
 
     pub fn peer(&self, address: Address) -> Option<&PeerCounters> {
@@ -418,6 +427,10 @@ impl Metrics {
             }
         }
         self.peers.entry(peer).or_default().packets[d] += 1;
+    }
+
+    pub(crate) fn record_identity_validation(&mut self) {
+        self.identity_validations += 1;
     }
 
     pub(crate) fn record_dropped(&mut self, reason: DropReason) {

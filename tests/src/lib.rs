@@ -530,6 +530,7 @@ pub fn make_planet(dir: &Path, root_public: &Path, endpoints: &[String]) -> Path
 pub struct Agent<'ns> {
     netns: &'ns Netns,
     home: PathBuf,
+    port: u16,
     log_path: PathBuf,
     child: Child,
 }
@@ -595,6 +596,7 @@ impl<'ns> Agent<'ns> {
         Agent {
             netns,
             home: home.to_owned(),
+            port,
             log_path,
             child,
         }
@@ -602,6 +604,11 @@ impl<'ns> Agent<'ns> {
 
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// The agent's process ID (`ip netns exec` executes the agent in its own place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn netns(&self) -> &Netns {
@@ -668,6 +675,50 @@ impl<'ns> Agent<'ns> {
             args.push(body);
         }
         self.cli_json(&args)
+    }
+
+    /// `GET /metrics` of the local API (Prometheus text; the CLI's `api` wants JSON answers),
+    /// fetched over TCP from a thread that enters the agent's namespace.
+    pub fn metrics(&self) -> Result<String, String> {
+        let token = fs::read_to_string(self.home.join("authtoken.secret"))
+            .map_err(|error| format!("cannot read the API token: {error}"))?;
+        let netns_path = format!("/run/netns/{}", self.netns.name());
+        let port = self.port;
+        thread::scope(|scope| {
+            scope
+                .spawn(move || -> Result<String, String> {
+                    use std::io::{Read, Write};
+                    let handle = fs::File::open(&netns_path)
+                        .map_err(|error| format!("cannot open {netns_path}: {error}"))?;
+                    nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|error| format!("setns into {netns_path}: {error}"))?;
+                    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+                        .map_err(|error| format!("cannot reach the local API: {error}"))?;
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .map_err(|error| error.to_string())?;
+                    write!(
+                        stream,
+                        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-ZT1-Auth: {}\r\n\
+                         Connection: close\r\n\r\n",
+                        token.trim()
+                    )
+                    .map_err(|error| format!("cannot send the request: {error}"))?;
+                    let mut answer = String::new();
+                    stream
+                        .read_to_string(&mut answer)
+                        .map_err(|error| format!("cannot read the answer: {error}"))?;
+                    let (head, body) = answer
+                        .split_once("\r\n\r\n")
+                        .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+                    if !head.starts_with("HTTP/1.1 200") {
+                        return Err(format!("GET /metrics: {head}"));
+                    }
+                    Ok(body.to_owned())
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the metrics thread panicked".into()))
+        })
     }
 
     /// `info -j`: the node's status ("address", "online", ...).
@@ -795,4 +846,31 @@ impl Netns {
             .stdin(Stdio::null());
         command
     }
+}
+
+/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`, ...), or a count (`Threads`).
+pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// How many file descriptors `pid` has open.
+pub fn open_fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// User plus system CPU time of `pid` so far, in clock ticks (`/proc/<pid>/stat` fields 14
+/// and 15; 100 ticks a second on Linux).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field n is at index n - 3.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
 }

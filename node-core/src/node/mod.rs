@@ -473,6 +473,12 @@ impl Node {
     }
 
     /// Whether a new identity from `from` may be validated now (a memory-hard hash each).
+    /// [`Identity::locally_validate`], counted in the metrics.
+    fn validate_counted(&mut self, identity: &Identity) -> bool {
+        self.metrics.record_identity_validation();
+        identity.locally_validate()
+    }
+
     fn identity_gate_passes(&mut self, now: Timestamp, from: &SocketAddr) -> bool {
         let (opened, count) = self
             .identity_gate
@@ -529,7 +535,7 @@ impl Node {
         if identity.address() == self.address || self.peers.contains_key(&identity.address()) {
             return;
         }
-        if self.validate_identities && !identity.locally_validate() {
+        if self.validate_identities && !self.validate_counted(&identity) {
             return;
         }
         if let Some(key) = self.identity.agree(&identity) {
@@ -1045,6 +1051,7 @@ impl Node {
         }
         if is_ok {
             peer.learn_path(from, now);
+            self.release_routable(now);
         } else if peer.gate_contact_attempt(from, now) {
             self.send_hello(now, source, Some(from));
         }
@@ -1098,7 +1105,7 @@ impl Node {
                 self.metrics.record_dropped(DropReason::MacFailure);
                 return;
             }
-            if self.validate_identities && !hello.identity.locally_validate() {
+            if self.validate_identities && !self.validate_counted(&hello.identity) {
                 self.metrics.record_dropped(DropReason::InvalidIdentity);
                 return;
             }
@@ -1293,6 +1300,9 @@ impl Node {
                         self.accept_worlds(now, area);
                     }
                 }
+                if hops == 0 && path_allowed {
+                    self.release_routable(now);
+                }
             }
             Verb::Whois => {
                 self.expected_replies.remove(&header.in_re_packet_id);
@@ -1374,7 +1384,7 @@ impl Node {
         }
         if !self.peers.contains_key(&address) {
             // ZeroTier One trusts identities from upstreams without the hash; we check anyway.
-            if self.validate_identities && !identity.locally_validate() {
+            if self.validate_identities && !self.validate_counted(&identity) {
                 return;
             }
             let Some(key) = self.identity.agree(&identity) else {
@@ -1395,6 +1405,24 @@ impl Node {
         self.events.push_back(Event::PeerLearned(identity));
         self.release_waiting(now, address);
         self.controller_learned(now, address);
+    }
+
+    /// Sends what waited for a path (queued as [`Unroutable::NoPath`]) and has one now: a
+    /// new node's first packets to its roots and controller go out as soon as the first
+    /// OK(HELLO) confirms a path, instead of at the next 5 s retry.
+    fn release_routable(&mut self, now: Timestamp) {
+        if self.queued_tx.is_empty() {
+            return;
+        }
+        let (ready, waiting): (Vec<QueuedTx>, Vec<QueuedTx>) = std::mem::take(&mut self.queued_tx)
+            .into_iter()
+            .partition(|q| {
+                self.peers.contains_key(&q.to) && self.resolve_route(now, q.to, Route::Best).is_ok()
+            });
+        self.queued_tx = waiting;
+        for q in ready {
+            self.send_reporting(now, q.to, q.verb, q.payload, Route::Best, q.report);
+        }
     }
 
     fn release_waiting(&mut self, now: Timestamp, address: Address) {
