@@ -291,6 +291,13 @@ fn members_outlive_the_controller_until_their_credentials_disagree() {
         !lab.deliver_with_retries(a, b, "stale to fresh", 5, Millis(2_000)),
         "b refuses a's COM: it is more than max delta older than b's"
     );
+    // a judges b by the newest COM of b it holds. b pushes its fresh COM just before its
+    // next frame, but nothing orders the two on arrival (in this run the frame is handled
+    // first), so that one frame may still pass on b's older COM, which agrees with a's.
+    // From then on a holds the fresh COM and refuses b.
+    let carrier = lab.ip_frame(b, a, b"carries the fresh COM");
+    lab.send_frame(b, carrier);
+    lab.sim.run_for(Millis(2_000));
     assert!(
         !lab.deliver_with_retries(b, a, "fresh to stale", 5, Millis(2_000)),
         "a refuses b's COM for the same reason"
