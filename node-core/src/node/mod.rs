@@ -1241,6 +1241,22 @@ impl Node {
         self.pending_validations.len()
     }
 
+    /// The host will not validate this identity after all ([`Event::ValidateIdentity`] was
+    /// dropped from its own bounded queue): what waited on it is given up, counted as
+    /// [`DropReason::ValidationBacklog`]; the sender's next HELLO asks again.
+    pub fn identity_validation_abandoned(&mut self, identity: &Identity) {
+        let Some(i) = self
+            .pending_validations
+            .iter()
+            .position(|p| p.identity == *identity)
+        else {
+            return;
+        };
+        if let Some(pending) = self.pending_validations.remove(i) {
+            self.give_up_validation(pending);
+        }
+    }
+
     /// The host's verdict on an identity it was asked to validate ([`Event::ValidateIdentity`]):
     /// `valid` is what [`Identity::locally_validate`] returned. A valid identity becomes a
     /// peer (its waiting HELLO is answered, its waiting packets go); an invalid one is
