@@ -288,3 +288,76 @@ fn inline_validation_stays_the_default() {
     assert!(!transmits.is_empty(), "answered at once");
     assert_eq!(root.pending_validations(), 0);
 }
+
+/// Carries every datagram between `hosts` (by physical address) until none is left;
+/// returns each host's events.
+fn pump(hosts: &mut [(SocketAddr, Node)], now: Timestamp) -> Vec<Vec<Event>> {
+    let mut events: Vec<Vec<Event>> = hosts.iter().map(|_| Vec::new()).collect();
+    for _ in 0..50 {
+        let mut moved = false;
+        for i in 0..hosts.len() {
+            let from = hosts[i].0;
+            let (transmits, mut evs) = drain(&mut hosts[i].1);
+            events[i].append(&mut evs);
+            for (to, data) in transmits {
+                if let Some(j) = hosts.iter().position(|(a, _)| *a == to) {
+                    hosts[j].1.handle_datagram(now, from, &data);
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    events
+}
+
+#[test]
+fn an_identity_from_whois_waits_for_the_verdict_with_the_packets_it_held() {
+    let ids = generate_identities(3, 0x6f66_6607);
+    let planet = Sim::new(7, LinkConfig::default(), vec![ids[0].clone()])
+        .planet()
+        .clone();
+    let node = |identity: &Identity, defer: bool| {
+        let mut config = NodeConfig::new(identity.clone(), planet.clone());
+        config.defer_identity_validation = defer;
+        let mut node = Node::new(config, START);
+        node.handle_timeout(START);
+        node
+    };
+    // The root validates inline; the leaf under test defers.
+    let mut hosts = vec![
+        (root_address(0), node(&ids[0], false)),
+        (leaf_address(1), node(&ids[1], true)),
+        (leaf_address(2), node(&ids[2], false)),
+    ];
+    pump(&mut hosts, START);
+    assert!(hosts[1].1.is_online(START) && hosts[2].1.is_online(START));
+    // The root's own identity comes with the planet: nothing was asked of the host.
+    assert_eq!(hosts[1].1.pending_validations(), 0);
+
+    // The other leaf pings ours through the root: ours asks the root WHOIS, and the answer
+    // waits for the verdict, as does the ECHO.
+    let now = START + Millis(100);
+    hosts[2].1.send_echo(now, ids[1].address(), b"via whois");
+    let events = pump(&mut hosts, now);
+    assert_eq!(validations(&events[1]), vec![ids[2].clone()]);
+    assert!(learned(&events[1]).is_empty());
+    assert!(!events[2]
+        .iter()
+        .any(|e| matches!(e, Event::EchoReply { .. })));
+
+    hosts[1].1.identity_validated(now, &ids[2], true);
+    let events = pump(&mut hosts, now);
+    assert_eq!(learned(&events[1]), vec![ids[2].clone()]);
+    assert!(
+        events[2].iter().any(|e| matches!(
+            e,
+            Event::EchoReply { payload, .. } if payload == b"via whois"
+        )),
+        "the held ECHO was answered: {:?}",
+        events[2]
+    );
+    assert_eq!(hosts[1].1.pending_validations(), 0);
+}
