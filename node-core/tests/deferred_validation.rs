@@ -106,11 +106,18 @@ fn a_valid_identity_is_learned_and_answered_after_the_verdict() {
 
     lab.root.handle_datagram(START, from, &hello);
     let (transmits, events) = drain(&mut lab.root);
-    assert!(transmits.is_empty(), "nothing is answered before the verdict");
+    assert!(
+        transmits.is_empty(),
+        "nothing is answered before the verdict"
+    );
     assert_eq!(validations(&events), vec![ids[0].clone()]);
     assert!(learned(&events).is_empty());
     assert_eq!(lab.root.pending_validations(), 1);
-    assert!(lab.root.peers(START).iter().all(|p| p.address != ids[0].address()));
+    assert!(lab
+        .root
+        .peers(START)
+        .iter()
+        .all(|p| p.address != ids[0].address()));
 
     // The host ran the hash elsewhere; the verdict completes the HELLO.
     assert!(ids[0].locally_validate());
@@ -119,7 +126,11 @@ fn a_valid_identity_is_learned_and_answered_after_the_verdict() {
     let (transmits, events) = drain(&mut lab.root);
     assert_eq!(learned(&events), vec![ids[0].clone()]);
     assert_eq!(lab.root.pending_validations(), 0);
-    assert!(lab.root.peers(later).iter().any(|p| p.address == ids[0].address()));
+    assert!(lab
+        .root
+        .peers(later)
+        .iter()
+        .any(|p| p.address == ids[0].address()));
     let ok = transmits
         .iter()
         .find(|(to, _)| *to == from)
@@ -146,7 +157,11 @@ fn an_invalid_identity_is_dropped_and_counted() {
     assert!(learned(&events).is_empty());
     assert_eq!(lab.root.pending_validations(), 0);
     assert_eq!(lab.root.metrics().dropped(DropReason::InvalidIdentity), 1);
-    assert!(lab.root.peers(START).iter().all(|p| p.address != forged.address()));
+    assert!(lab
+        .root
+        .peers(START)
+        .iter()
+        .all(|p| p.address != forged.address()));
 
     // A second verdict for it waits on nothing and changes nothing.
     lab.root.identity_validated(START, &forged, true);
@@ -161,16 +176,22 @@ fn a_retried_hello_is_not_validated_twice() {
     let from = leaf_address(1);
 
     for i in 0..5 {
-        lab.root.handle_datagram(START + Millis(i * 100), from, &hello);
+        lab.root
+            .handle_datagram(START + Millis(i * 100), from, &hello);
     }
     let (transmits, events) = drain(&mut lab.root);
     assert!(transmits.is_empty());
-    assert_eq!(validations(&events).len(), 1, "one request for one identity");
+    assert_eq!(
+        validations(&events).len(),
+        1,
+        "one request for one identity"
+    );
     assert_eq!(lab.root.pending_validations(), 1);
     assert_eq!(lab.root.metrics().identity_validations(), 1);
     assert_eq!(lab.root.metrics().dropped(DropReason::RateLimited), 0);
 
-    lab.root.identity_validated(START + Millis(600), &ids[0], true);
+    lab.root
+        .identity_validated(START + Millis(600), &ids[0], true);
     let (transmits, events) = drain(&mut lab.root);
     assert_eq!(learned(&events).len(), 1);
     let verbs: Vec<Verb> = transmits

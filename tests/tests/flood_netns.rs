@@ -484,8 +484,15 @@ fn a_garbage_and_hello_flood_neither_stops_endpoints_nor_escapes_the_rate_limits
     let deadline = Instant::now() + Duration::from_secs(10);
     let settled = loop {
         let now = metrics(&host);
-        let judged = delta(&hellos.before, &now, "zt_packet_dropped{reason=\"invalid_identity\"}")
-            + delta(&hellos.before, &now, "zt_packet_dropped{reason=\"validation_backlog\"}");
+        let judged = delta(
+            &hellos.before,
+            &now,
+            "zt_packet_dropped{reason=\"invalid_identity\"}",
+        ) + delta(
+            &hellos.before,
+            &now,
+            "zt_packet_dropped{reason=\"validation_backlog\"}",
+        );
         if judged >= validations || Instant::now() >= deadline {
             break (judged, now);
         }
@@ -498,7 +505,11 @@ fn a_garbage_and_hello_flood_neither_stops_endpoints_nor_escapes_the_rate_limits
         hellos.summary()
     );
     assert!(
-        delta(&hellos.before, &settled.1, "zt_packet_dropped{reason=\"invalid_identity\"}") > 0,
+        delta(
+            &hellos.before,
+            &settled.1,
+            "zt_packet_dropped{reason=\"invalid_identity\"}"
+        ) > 0,
         "no forged identity was found invalid: {}",
         hellos.summary()
     );

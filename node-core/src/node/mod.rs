@@ -1229,8 +1229,7 @@ impl Node {
     }
 
     fn give_up_validation(&mut self, pending: PendingValidation) {
-        self.metrics
-            .record_dropped(DropReason::ValidationBacklog);
+        self.metrics.record_dropped(DropReason::ValidationBacklog);
         if let Some((_, packet)) = pending.hello {
             self.recycle(packet);
         }
