@@ -125,6 +125,9 @@ impl Agent {
         let mut config = NodeConfig::new(identity, planet);
         config.moons = moons;
         config.rng_seed = OsRng.next_u64();
+        // New peers' memory-hard hash runs on the driver's validator thread, not on the
+        // packet path (a flood of fresh identities would stall every endpoint).
+        config.defer_identity_validation = true;
         let mut node = Node::new(config, now);
         let address = node.address();
         let cached = home.load_peer_identities();

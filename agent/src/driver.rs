@@ -39,6 +39,7 @@ use crate::plugin_api::{
 use crate::plumbing::{NetnsRef, NetnsWorker};
 use crate::ports::{Ports, TapFrame};
 use crate::transport::{RecvBatch, Transport};
+use crate::validator::{IdentityValidator, Verdict};
 use node_core::node::{NodeConfig, Transmit};
 use node_core::Identity;
 
@@ -170,6 +171,12 @@ pub struct Driver<T: Transport> {
     /// back to that node's pool once sent). Both keep their capacity from turn to turn.
     outgoing: Vec<Transmit>,
     outgoing_from: Vec<Address>,
+    /// Runs the memory-hard hash of new peer identities for every hosted node, off this
+    /// task ([`Event::ValidateIdentity`]); its verdicts come on `verdicts`.
+    validator: IdentityValidator,
+    verdicts: Option<mpsc::UnboundedReceiver<Verdict>>,
+    /// Validations the endpoints' nodes asked for this turn.
+    validation_requests: Vec<(Address, Identity)>,
 }
 
 /// What serving the plugin API takes.
@@ -261,7 +268,11 @@ impl<T: Transport> Driver<T> {
         requests: mpsc::Receiver<ApiRequest>,
         local: LocalInfo,
     ) -> Self {
+        let (verdicts_tx, verdicts) = mpsc::unbounded_channel();
         Self {
+            validator: IdentityValidator::new(verdicts_tx),
+            verdicts: Some(verdicts),
+            validation_requests: Vec::new(),
             node,
             transport,
             home,
@@ -725,6 +736,8 @@ impl<T: Transport> Driver<T> {
                 }
                 let mut config = NodeConfig::new((*identity).clone(), self.node.planet().clone());
                 config.moons = self.node.moons().to_vec();
+                // The memory-hard hash of new peers runs on the validator's thread.
+                config.defer_identity_validation = true;
                 config.rng_seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
                 let mut node = Node::new(config, now);
                 // A saved config puts the addresses back at once; the controller is asked
@@ -1055,6 +1068,7 @@ impl<T: Transport> Driver<T> {
         self.restore_networks();
         let mut tap_frames = self.tap_frames.take();
         let mut endpoint_frames = self.endpoint_frames.take();
+        let mut verdicts = self.verdicts.take();
         let mut plugin_requests = self.plugin.as_mut().map(|p| {
             let (_, empty) = mpsc::channel(1);
             std::mem::replace(&mut p.requests, empty)
@@ -1126,6 +1140,7 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Some(request) = recv_frame(&mut plugin_requests) => self.handle_plugin(request),
+                Some(verdict) = recv_verdict(&mut verdicts) => self.apply_verdict(verdict),
                 () = notified(applied.as_deref()) => self.answer_waiters(),
                 _ = multicast_scan.tick() => {
                     self.scan_multicast_groups();
@@ -1141,6 +1156,22 @@ impl<T: Transport> Driver<T> {
                 }
             }
             self.flush().await?;
+        }
+    }
+
+    /// Hands the worker's verdict on a new identity to the node that asked.
+    fn apply_verdict(&mut self, verdict: Verdict) {
+        let now = wall_clock();
+        let node = if verdict.node == self.node.address() {
+            &mut self.node
+        } else if let Some(endpoint) = self.endpoints.get_mut(&verdict.node) {
+            &mut endpoint.node
+        } else {
+            return; // Detached meanwhile.
+        };
+        match verdict.valid {
+            Some(valid) => node.identity_validated(now, &verdict.identity, valid),
+            None => node.identity_validation_abandoned(&verdict.identity),
         }
     }
 
@@ -1162,8 +1193,16 @@ impl<T: Transport> Driver<T> {
                 }
                 let store = self.plugin.as_ref().map(|p| &p.store);
                 while let Some(event) = endpoint.node.poll_event() {
+                    if let Event::ValidateIdentity(identity) = event {
+                        self.validation_requests
+                            .push((endpoint.node.address(), identity));
+                        continue;
+                    }
                     handle_endpoint_event(endpoint, event, &mut learned, store, &mut self.switched);
                 }
+            }
+            for (node, identity) in self.validation_requests.drain(..) {
+                self.validator.validate(node, identity);
             }
             for identity in learned.drain(..) {
                 self.cache_peer(identity);
@@ -1237,6 +1276,9 @@ impl<T: Transport> Driver<T> {
             Event::PeerLearned(identity) => {
                 tracing::debug!(address = %identity.address(), "peer identity learned");
                 self.cache_peer(identity);
+            }
+            Event::ValidateIdentity(identity) => {
+                self.validator.validate(self.node.address(), identity);
             }
             Event::EchoReply {
                 from,
@@ -1765,6 +1807,13 @@ async fn notified(notify: Option<&tokio::sync::Notify>) {
 }
 
 /// The next frame from a channel, or never when there is none.
+async fn recv_verdict(verdicts: &mut Option<mpsc::UnboundedReceiver<Verdict>>) -> Option<Verdict> {
+    match verdicts {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_frame<F>(frames: &mut Option<mpsc::Receiver<F>>) -> Option<F> {
     match frames {
         Some(rx) => rx.recv().await,

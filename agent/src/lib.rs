@@ -46,3 +46,4 @@ pub mod plumbing;
 pub mod ports;
 pub mod tap;
 pub mod transport;
+pub mod validator;

@@ -193,6 +193,9 @@ pub enum DropReason {
     RateLimited,
     /// A new identity that fails validation or key agreement.
     InvalidIdentity,
+    /// A new identity given up before the host validated it (deferred validation: the
+    /// queue was full, or no verdict came in time).
+    ValidationBacklog,
     /// A HELLO claiming a known address with another key.
     IdentityCollision,
     /// From a sender whose identity never came (WHOIS unanswered, or the wait queue full).
@@ -204,13 +207,14 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Malformed,
         Self::MacFailure,
         Self::UntrustedPath,
         Self::DecompressionFailed,
         Self::RateLimited,
         Self::InvalidIdentity,
+        Self::ValidationBacklog,
         Self::IdentityCollision,
         Self::UnknownPeer,
         Self::InvalidReply,
@@ -226,6 +230,7 @@ impl DropReason {
             Self::DecompressionFailed => "decompression_failed",
             Self::RateLimited => "rate_limited",
             Self::InvalidIdentity => "invalid_identity",
+            Self::ValidationBacklog => "validation_backlog",
             Self::IdentityCollision => "identity_collision",
             Self::UnknownPeer => "unknown_peer",
             Self::InvalidReply => "invalid_reply",

@@ -81,6 +81,12 @@ const RELAY_MAX_HOPS: u8 = 3;
 const EXPECT_REPLY_TIMEOUT: Millis = Millis(30_000);
 /// Bounds on the state a stranger can make us hold.
 const MAX_PARKED_RX: usize = 256;
+/// New identities waiting for the host's validation ([`NodeConfig::defer_identity_validation`]);
+/// beyond this the oldest is given up. The per-prefix gate already bounds how fast they come.
+const MAX_PENDING_VALIDATIONS: usize = 32;
+/// How long a requested validation may take before it is given up (a host that never answers
+/// must not hold the queue for ever).
+const VALIDATION_TIMEOUT: Millis = Millis(30_000);
 const MAX_QUEUED_TX: usize = 1024;
 const MAX_EXPECTED_REPLIES: usize = 8192;
 /// Where a packet's payload starts: 27-byte header and the verb byte.
@@ -110,6 +116,11 @@ pub struct NodeConfig {
     /// Run the memory-hard hash on identities learned from HELLO and WHOIS. Only a simulator
     /// of many nodes turns this off.
     pub validate_identities: bool,
+    /// Leave the memory-hard hash to the host instead of running it on the packet path: a
+    /// new identity's authenticated HELLO (or WHOIS answer) waits while the node emits
+    /// [`Event::ValidateIdentity`], and the host answers with [`Node::identity_validated`].
+    /// Off by default (the hash runs inline, as the simulator and tests expect).
+    pub defer_identity_validation: bool,
     /// Largest UDP payload sent before fragmenting (ZT_DEFAULT_PHYSMTU).
     pub physical_mtu: usize,
     /// Physical networks where packets travel without crypto (cipher 2), each with the ID
@@ -162,6 +173,7 @@ impl NodeConfig {
             moons: Vec::new(),
             rng_seed: 0,
             validate_identities: true,
+            defer_identity_validation: false,
             physical_mtu: packet::DEFAULT_PHYSICAL_MTU,
             trusted_paths: Vec::new(),
         }
@@ -189,6 +201,10 @@ pub enum Event {
     MoonUpdated(World),
     /// A new peer identity was learned and verified; the host may cache it.
     PeerLearned(Identity),
+    /// With [`NodeConfig::defer_identity_validation`]: run [`Identity::locally_validate`] on
+    /// this identity (away from the packet path) and report with
+    /// [`Node::identity_validated`]. What brought it waits until then.
+    ValidateIdentity(Identity),
     /// The answer to [`Node::send_echo`].
     EchoReply {
         from: Address,
@@ -303,6 +319,16 @@ struct ParkedRx {
     parked: Timestamp,
 }
 
+/// A new identity waiting for the host's verdict on its memory-hard hash.
+struct PendingValidation {
+    identity: Identity,
+    key: armor::PeerKey,
+    requested: Timestamp,
+    /// The HELLO that brought it, MAC already verified, with where it came from: answered
+    /// once the identity holds. `None` for an identity from OK(WHOIS).
+    hello: Option<(SocketAddr, Vec<u8>)>,
+}
+
 /// A packet to a node we do not know yet, waiting for WHOIS.
 struct QueuedTx {
     to: Address,
@@ -328,6 +354,9 @@ pub struct Node {
     address: Address,
     physical_mtu: usize,
     validate_identities: bool,
+    defer_identity_validation: bool,
+    /// Identities handed to the host to validate, oldest first, at most one per address.
+    pending_validations: VecDeque<PendingValidation>,
     trusted_paths: Vec<TrustedPath>,
     planet: World,
     moons: Vec<World>,
@@ -410,6 +439,8 @@ impl Node {
                 .physical_mtu
                 .clamp(packet::MIN_PHYSICAL_MTU, packet::MAX_PHYSICAL_MTU),
             validate_identities: config.validate_identities,
+            defer_identity_validation: config.defer_identity_validation,
+            pending_validations: VecDeque::new(),
             trusted_paths: config.trusted_paths,
             planet: config.planet,
             moons: config.moons,
@@ -797,6 +828,15 @@ impl Node {
             .retain(|_, t| now.since(*t) < UNITE_INTERVAL);
         self.identity_gate
             .retain(|_, (t, _)| now.since(*t) < IDENTITY_VALIDATION_INTERVAL);
+        while self
+            .pending_validations
+            .front()
+            .is_some_and(|p| now.since(p.requested) >= VALIDATION_TIMEOUT)
+        {
+            if let Some(expired) = self.pending_validations.pop_front() {
+                self.give_up_validation(expired);
+            }
+        }
         self.reassembler.expire(now);
     }
 
@@ -1092,6 +1132,28 @@ impl Node {
                 return;
             }
         } else {
+            // A retried HELLO of an identity being validated waits with the first: the
+            // newest is kept (its timestamp is echoed), and nothing is hashed twice.
+            if let Some(i) = self
+                .pending_validations
+                .iter()
+                .position(|p| p.identity.address() == source)
+            {
+                let pending = &self.pending_validations[i];
+                if pending.identity != hello.identity {
+                    self.metrics.record_dropped(DropReason::IdentityCollision);
+                    return;
+                }
+                if armor::dearmor(&mut packet, &pending.key).is_err() {
+                    self.metrics.record_dropped(DropReason::MacFailure);
+                    return;
+                }
+                let replaced = self.pending_validations[i].hello.replace((from, packet));
+                if let Some((_, old)) = replaced {
+                    self.recycle(old);
+                }
+                return;
+            }
             // A new identity costs a memory-hard hash: one per source prefix per interval.
             if !self.identity_gate_passes(now, &from) {
                 self.metrics.record_dropped(DropReason::RateLimited);
@@ -1105,21 +1167,142 @@ impl Node {
                 self.metrics.record_dropped(DropReason::MacFailure);
                 return;
             }
+            if self.validate_identities && self.defer_identity_validation {
+                self.request_validation(now, hello.identity, key, Some((from, packet)));
+                return;
+            }
             if self.validate_identities && !self.validate_counted(&hello.identity) {
                 self.metrics.record_dropped(DropReason::InvalidIdentity);
                 return;
             }
-            // Answer the HELLO first (it also records the version, so what was waiting on this
-            // peer goes out with the right cipher), then release what waited.
-            let identity = hello.identity.clone();
-            self.peers
-                .insert(source, Peer::new(identity.clone(), key, now));
-            self.handle_hello_authenticated(now, from, &packet, &hello, tail);
-            self.events.push_back(Event::PeerLearned(identity));
-            self.release_waiting(now, source);
+            self.accept_new_hello(now, from, &packet, &hello, tail, key);
             return;
         }
         self.handle_hello_authenticated(now, from, &packet, &hello, tail);
+    }
+
+    /// A HELLO from a new, valid identity whose MAC verified with `key`: its sender becomes
+    /// a peer.
+    fn accept_new_hello(
+        &mut self,
+        now: Timestamp,
+        from: SocketAddr,
+        packet: &[u8],
+        hello: &HelloRepr,
+        tail: Option<usize>,
+        key: armor::PeerKey,
+    ) {
+        // Answer the HELLO first (it also records the version, so what was waiting on this
+        // peer goes out with the right cipher), then release what waited.
+        let identity = hello.identity.clone();
+        let source = identity.address();
+        self.peers
+            .insert(source, Peer::new(identity.clone(), key, now));
+        self.handle_hello_authenticated(now, from, packet, hello, tail);
+        self.events.push_back(Event::PeerLearned(identity));
+        self.release_waiting(now, source);
+    }
+
+    /// Hands a new identity to the host to validate; what brought it waits. The queue is
+    /// bounded: when full, the oldest request is given up.
+    fn request_validation(
+        &mut self,
+        now: Timestamp,
+        identity: Identity,
+        key: armor::PeerKey,
+        hello: Option<(SocketAddr, Vec<u8>)>,
+    ) {
+        if self.pending_validations.len() >= MAX_PENDING_VALIDATIONS {
+            if let Some(oldest) = self.pending_validations.pop_front() {
+                self.give_up_validation(oldest);
+            }
+        }
+        self.metrics.record_identity_validation();
+        self.events
+            .push_back(Event::ValidateIdentity(identity.clone()));
+        self.pending_validations.push_back(PendingValidation {
+            identity,
+            key,
+            requested: now,
+            hello,
+        });
+    }
+
+    fn give_up_validation(&mut self, pending: PendingValidation) {
+        self.metrics.record_dropped(DropReason::ValidationBacklog);
+        if let Some((_, packet)) = pending.hello {
+            self.recycle(packet);
+        }
+    }
+
+    /// Identities handed to the host with [`Event::ValidateIdentity`] and not answered yet.
+    pub fn pending_validations(&self) -> usize {
+        self.pending_validations.len()
+    }
+
+    /// The host will not validate this identity after all ([`Event::ValidateIdentity`] was
+    /// dropped from its own bounded queue): what waited on it is given up, counted as
+    /// [`DropReason::ValidationBacklog`]; the sender's next HELLO asks again.
+    pub fn identity_validation_abandoned(&mut self, identity: &Identity) {
+        let Some(i) = self
+            .pending_validations
+            .iter()
+            .position(|p| p.identity == *identity)
+        else {
+            return;
+        };
+        if let Some(pending) = self.pending_validations.remove(i) {
+            self.give_up_validation(pending);
+        }
+    }
+
+    /// The host's verdict on an identity it was asked to validate ([`Event::ValidateIdentity`]):
+    /// `valid` is what [`Identity::locally_validate`] returned. A valid identity becomes a
+    /// peer (its waiting HELLO is answered, its waiting packets go); an invalid one is
+    /// dropped. A verdict nobody waits for (given up, or already answered) is ignored.
+    pub fn identity_validated(&mut self, now: Timestamp, identity: &Identity, valid: bool) {
+        let Some(i) = self
+            .pending_validations
+            .iter()
+            .position(|p| p.identity == *identity)
+        else {
+            return;
+        };
+        let Some(pending) = self.pending_validations.remove(i) else {
+            return;
+        };
+        if !valid {
+            self.metrics.record_dropped(DropReason::InvalidIdentity);
+            if let Some((_, packet)) = pending.hello {
+                self.recycle(packet);
+            }
+            return;
+        }
+        let address = identity.address();
+        if let Some(known) = self.peers.get(&address) {
+            // Learned meanwhile some other way (the host restored it, say).
+            if known.identity != *identity {
+                self.metrics.record_dropped(DropReason::IdentityCollision);
+                return;
+            }
+        }
+        match pending.hello {
+            Some((from, packet)) => {
+                let parsed = Packet::new_checked(&packet[..])
+                    .ok()
+                    .and_then(|view| HelloRepr::parse(view.payload()).ok());
+                if let Some((hello, tail)) = parsed {
+                    if self.peers.contains_key(&address) {
+                        self.handle_hello_authenticated(now, from, &packet, &hello, tail);
+                    } else {
+                        self.accept_new_hello(now, from, &packet, &hello, tail, pending.key);
+                    }
+                }
+                self.recycle(packet);
+            }
+            None if self.peers.contains_key(&address) => self.release_waiting(now, address),
+            None => self.add_peer(now, identity.clone(), pending.key),
+        }
     }
 
     /// A HELLO whose sender is known and whose MAC verified, parsed by the caller (`tail`: the
@@ -1383,6 +1566,19 @@ impl Node {
             return;
         }
         if !self.peers.contains_key(&address) {
+            if self
+                .pending_validations
+                .iter()
+                .any(|p| p.identity.address() == address)
+            {
+                return; // Being validated: its packets are released with the verdict.
+            }
+            if self.validate_identities && self.defer_identity_validation {
+                if let Some(key) = self.identity.agree(&identity) {
+                    self.request_validation(now, identity, key, None);
+                }
+                return;
+            }
             // ZeroTier One trusts identities from upstreams without the hash; we check anyway.
             if self.validate_identities && !self.validate_counted(&identity) {
                 return;
