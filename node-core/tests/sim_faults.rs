@@ -6,7 +6,7 @@
 #[path = "common/fault_lab.rs"]
 mod fault_lab;
 
-use fault_lab::{Lab, LabSpec};
+use fault_lab::{clean, Lab, LabSpec};
 use node_core::crypto::c25519::KeyPair;
 use node_core::sim::{root_address, LinkConfig, NatKind};
 use node_core::world::{Root, World, WorldKind};
@@ -14,15 +14,6 @@ use node_core::{Identity, Millis};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-
-fn clean() -> LinkConfig {
-    LinkConfig {
-        loss: 0.0,
-        duplicate: 0.0,
-        latency: Millis(10),
-        jitter: Millis(5),
-    }
-}
 
 /// Every ordered pair of `hosts`.
 fn pairs(hosts: &[usize]) -> Vec<(usize, usize)> {

@@ -13,25 +13,16 @@ mod fault_lab;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use fault_lab::{config_for, frame, ipv4_packet, Lab, LabSpec};
+use fault_lab::{clean, config_for, frame, ipv4_packet, Lab, LabSpec};
 use node_core::crypto::{armor, CipherSuite, PeerKey};
 use node_core::metrics::DropReason;
 use node_core::node::{ConfigAnswer, NetworkStatus};
-use node_core::sim::{HostId, LinkConfig};
+use node_core::sim::HostId;
 use node_core::vl2::filter::characteristics;
 use node_core::vl2::verbs::{ExtFrameRepr, FrameView};
 use node_core::vl2::{CertificateOfMembership, Mac, Rule, RuleKind};
 use node_core::wire::{emit_header, Verb};
 use node_core::{Address, Identity, Millis};
-
-fn clean() -> LinkConfig {
-    LinkConfig {
-        loss: 0.0,
-        duplicate: 0.0,
-        latency: Millis(10),
-        jitter: Millis(5),
-    }
-}
 
 /// An attacker's address no host has: answers sent there are lost.
 fn attacker_address() -> SocketAddr {

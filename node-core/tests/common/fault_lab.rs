@@ -352,3 +352,13 @@ pub(crate) fn ipv4_packet(source: Ipv4Addr, dest: Ipv4Addr, body: &[u8]) -> Vec<
     p.extend_from_slice(body);
     p
 }
+
+/// Links without loss or duplication, with a little jitter.
+pub(crate) fn clean() -> LinkConfig {
+    LinkConfig {
+        loss: 0.0,
+        duplicate: 0.0,
+        latency: Millis(10),
+        jitter: Millis(5),
+    }
+}
